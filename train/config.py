@@ -1,0 +1,152 @@
+"""The typed training configuration: one documented field per knob, overridable from the CLI.
+
+The resolved config is saved into the checkpoint as plain data, so a run can be rebuilt,
+audited and exported from its checkpoint alone.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import hashlib
+import json
+import os
+import types
+import typing
+from dataclasses import dataclass, field
+
+from .data import DATASETS
+from .models import ARCHS
+
+METHODS = ("ce", "kd", "ad")
+MIXES = ("none", "mixup", "cutmix")
+SCORES = ("max_logit", "msp", "energy")
+
+
+def _f(default, help: str, choices: tuple | None = None):
+    return field(default=default, metadata={"help": help, "choices": choices})
+
+
+@dataclass
+class TrainConfig:
+    # data
+    dataset: str = _f("cifar10", "dataset", DATASETS)
+    split: int = _f(0, "index of the known/unknown split in osr_splits.json")
+    data_root: str = _f(os.environ.get("OSR_DATA_ROOT", "data"), "folder with the dataset packs or ImageFolder tree (env OSR_DATA_ROOT)")
+    download: bool = _f(False, "download CIFAR-10/MNIST with torchvision when the packs are missing")
+    image_size: int | None = _f(None, "square input side; default 32 (CIFAR, MNIST) or 64 (Tiny-ImageNet)")
+    calib_fraction: float = _f(0.1, "share of each known class's training images held out for calibration")
+    split_seed: int = _f(0, "seed of the calibration hold-out and subsets (keep equal for teacher and student)")
+    max_train_per_class: int | None = _f(None, "train on at most this many images per class (quick runs)")
+    max_test_per_class: int | None = _f(None, "evaluate on at most this many test images per class")
+    # model
+    arch: str = _f("classifier32", "student (or teacher) architecture", ARCHS)
+    width: float = _f(1.0, "channel width multiplier")
+    # method
+    method: str = _f("ce", "ce: cross-entropy; kd: symmetric distillation; ad: asymmetric distillation", METHODS)
+    mix: str = _f("none", "multi-sample augmentation on mixed steps (ad and kd default to cutmix)", MIXES)
+    p_mix: float = _f(0.5, "probability that a step is a mixed step")
+    mix_alpha: float = _f(1.0, "Beta(alpha, alpha) parameter of lam")
+    teacher: str | None = _f(None, "teacher checkpoint (required for kd and ad)")
+    alpha_ce: float = _f(1.0, "weight of the CE term on ordinary steps (0.95 for MobileNetV2 in the paper)")
+    smoothing_r: float = _f(0.75, "r of the smoothed two-hot target on hard mixed samples (0 = released code)")
+    dist_beta: float = _f(1.0, "DIST inter-class (per-sample) weight")
+    dist_gamma: float = _f(1.0, "DIST intra-class (per-class) weight")
+    tau: float = _f(1.0, "DIST temperature")
+    randaugment: bool = _f(True, "RandAugment N=1 M=9 on top of crop and flip")
+    batch_augment: bool = _f(False, "hold the training images on the device and augment whole batches there "
+                                    "(GPU hosts with few CPU cores; RandAugment draws one op per 8 images)")
+    # optimisation
+    epochs: int = _f(30, "training epochs")
+    batch_size: int = _f(128, "global batch size (split over DDP processes)")
+    lr: float = _f(0.1, "learning rate at batch 128 (scaled linearly with batch size)")
+    momentum: float = _f(0.9, "SGD momentum")
+    weight_decay: float = _f(5e-4, "SGD weight decay")
+    warmup_epochs: float = _f(1.0, "linear warm-up length in epochs")
+    lr_milestones: tuple[float, ...] = _f((0.3, 0.6, 0.8), "fractions of training where the lr is multiplied by lr_gamma")
+    lr_gamma: float = _f(0.2, "lr step factor")
+    # run
+    seed: int = _f(0, "training seed (model init, data order, augmentation)")
+    workers: int = _f(0, "DataLoader worker processes (0 = augment in the training process)")
+    score: str = _f("max_logit", "known-ness score used for the reported open-set metrics", SCORES)
+    device: str = _f("auto", "auto, cpu, cuda or cuda:N")
+    amp: bool = _f(True, "bf16 autocast on CUDA")
+    channels_last: bool = _f(True, "channels_last memory format on CUDA")
+    eval_every: int = _f(1, "evaluate on the test sets every N epochs (always after the last)")
+    out: str | None = _f(None, "run folder; default runs/<dataset>-s<split>-<arch>-<method>[-<mix>]-seed<seed>")
+    resume: bool = _f(False, "continue the run in --out from its checkpoint")
+
+    def __post_init__(self) -> None:
+        for name in ("dataset", "arch", "method", "mix", "score"):
+            choices = self.__dataclass_fields__[name].metadata["choices"]
+            if getattr(self, name) not in choices:
+                raise ValueError(f"unknown {name} {getattr(self, name)!r}: valid are {', '.join(choices)}")
+        if self.method in ("kd", "ad"):
+            if not self.teacher:
+                raise ValueError(f"method {self.method} needs --teacher CHECKPOINT (train one with --method ce)")
+            if self.mix == "none":
+                self.mix = "cutmix"
+        if self.epochs < 1 or self.batch_size < 1:
+            raise ValueError("epochs and batch_size must be positive")
+        self.lr_milestones = tuple(self.lr_milestones)
+
+    @property
+    def run_dir(self) -> str:
+        if self.out:
+            return self.out
+        mix = f"-{self.mix}" if self.mix != "none" else ""
+        return os.path.join("runs", f"{self.dataset}-s{self.split}-{self.arch}-{self.method}{mix}-seed{self.seed}")
+
+    def to_dict(self) -> dict:
+        d = dataclasses.asdict(self)
+        d["lr_milestones"] = list(self.lr_milestones)
+        return d
+
+    def digest(self) -> str:
+        """A short hash of everything that shapes the result (not where it is written)."""
+        d = {k: v for k, v in self.to_dict().items() if k not in ("out", "resume", "workers", "device", "data_root")}
+        return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _parse_bool(s: str) -> bool:
+    if s.lower() in ("1", "true", "yes", "on"):
+        return True
+    if s.lower() in ("0", "false", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected a boolean, got {s!r}")
+
+
+def _optional(tp):
+    """(inner type, is_optional) of ``X | None``."""
+    args = typing.get_args(tp)
+    if typing.get_origin(tp) in (typing.Union, types.UnionType) and type(None) in args:
+        return next(a for a in args if a is not type(None)), True
+    return tp, False
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="osr-train",
+        description="Train a teacher, a distilled student (asymmetric distillation) or a baseline for open-set recognition.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    hints = typing.get_type_hints(TrainConfig)
+    for f in dataclasses.fields(TrainConfig):
+        tp, _ = _optional(hints[f.name])
+        flag = "--" + f.name.replace("_", "-")
+        kw = {"default": f.default, "help": f.metadata["help"], "dest": f.name}
+        if tp is bool:
+            kw.update(type=_parse_bool, nargs="?", const=True, metavar="BOOL")
+        elif typing.get_origin(tp) is tuple:
+            kw.update(type=float, nargs="+")
+        else:
+            kw.update(type=tp)
+        if f.metadata["choices"]:
+            kw["choices"] = f.metadata["choices"]
+        p.add_argument(flag, **kw)
+    return p
+
+
+def config_from_args(argv: list[str] | None = None) -> TrainConfig:
+    ns = build_parser().parse_args(argv)
+    return TrainConfig(**vars(ns))

@@ -1,0 +1,327 @@
+"""Open-set datasets: known-class training set, calibration hold-out, known and unknown test sets.
+
+Every source ends up as uint8 NHWC RGB numpy arrays held in memory (the datasets of the
+open-set protocol are small), so augmentation and evaluation never touch the disk again.
+Sources: the JPEG-pack ``.npz`` files of ``shared/datasets`` (see its README), torchvision
+datasets (``download=True`` where there is internet) and ``ImageFolder`` trees.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Iterable
+
+import numpy as np
+from PIL import Image
+
+from osr.images import decode_file, resize_for_model
+
+DATASETS = ("cifar10", "mnist", "tiny_imagenet", "imagefolder")
+DEFAULT_IMAGE_SIZE = {"cifar10": 32, "mnist": 32, "tiny_imagenet": 64, "imagefolder": 32}
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
+
+# Where each pack lives under --data-root, and how to get it.
+_PACKS = {
+    "cifar10": ("cifar10", "train_part*.npz", "test.npz"),
+    "tiny_imagenet": ("tiny_imagenet", "train_known_union_part*.npz", "val.npz"),
+}
+_HOW_TO_GET = (
+    "Point --data-root (or OSR_DATA_ROOT) at a folder holding {want}. The JPEG packs ship in "
+    "shared/datasets of this project's workspace; with internet, --download fetches CIFAR-10 and "
+    "MNIST through torchvision instead."
+)
+
+
+class DataError(RuntimeError):
+    """The data asked for is missing or malformed; the message says where it was expected."""
+
+
+@dataclass
+class OpenSetData:
+    """One open-set split, ready to train and evaluate on. Labels are re-indexed 0..K-1."""
+
+    dataset: str
+    split: int
+    classes: list[str]
+    image_size: int
+    train_x: np.ndarray
+    train_y: np.ndarray
+    calib_x: np.ndarray
+    calib_y: np.ndarray
+    calib_indices: np.ndarray  # indices into the source's full training set
+    test_known_x: np.ndarray
+    test_known_y: np.ndarray
+    test_unknown_x: np.ndarray
+    known_source_labels: list[int] = field(default_factory=list)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    def normalize_stats(self) -> tuple[list[float], list[float]]:
+        """Per-channel mean and std of the training images, on the 0..1 scale."""
+        x = self.train_x.reshape(-1, 3).astype(np.float64) / 255.0
+        return x.mean(0).round(4).tolist(), x.std(0).round(4).tolist()
+
+
+def load_splits() -> dict:
+    """The published open-set class lists (ARPL / Vaze et al.), bundled with the package."""
+    return json.loads(resources.files("osr.train").joinpath("osr_splits.json").read_text())
+
+
+def known_unknown(dataset: str, split: int) -> tuple[list[int], list[int], list[str]]:
+    """Known and unknown source labels for a split, and the known class names in split order."""
+    splits = load_splits()
+    lists = splits[dataset]
+    if not 0 <= split < len(lists):
+        raise ValueError(f"split {split} does not exist for {dataset}: valid splits are 0..{len(lists) - 1}")
+    known, unknown = list(lists[split]["known"]), list(lists[split]["unknown"])
+    if dataset == "cifar10":
+        names = [splits["cifar10_class_names"][i] for i in known]
+    elif dataset == "tiny_imagenet":
+        words = splits.get("tiny_imagenet_words")
+        wnids = splits["tiny_imagenet_wnids_sorted"]
+        names = [f"{wnids[i]} {words[i]}" if isinstance(words, list) else wnids[i] for i in known]
+    else:
+        names = [str(i) for i in known]
+    return known, unknown, names
+
+
+def reindex(labels: np.ndarray, known: list[int]) -> np.ndarray:
+    """Map source labels of known classes to 0..K-1 in split-list order."""
+    lut = np.full(int(max(labels.max(initial=0), max(known))) + 1, -1, dtype=np.int64)
+    lut[np.asarray(known)] = np.arange(len(known))
+    out = lut[labels]
+    if (out < 0).any():
+        raise ValueError("reindex() got labels of classes that are not known")
+    return out
+
+
+def stratified_holdout(labels: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Split positions into (keep, holdout), taking ``fraction`` of every class (at least one)."""
+    rng = np.random.default_rng(seed)
+    keep, hold = [], []
+    for c in np.unique(labels):
+        idx = rng.permutation(np.flatnonzero(labels == c))
+        n_hold = max(1, int(round(fraction * len(idx)))) if fraction > 0 else 0
+        hold.append(idx[:n_hold])
+        keep.append(idx[n_hold:])
+    return np.sort(np.concatenate(keep)), np.sort(np.concatenate(hold))
+
+
+# ---------------------------------------------------------------- image decoding and resizing
+
+
+def eval_resize(image: Image.Image, image_size: int) -> np.ndarray:
+    """The evaluation resize rule ("shorter_side_center_crop", ``osr.images.resize_for_model``):
+    shorter side to ``image_size`` with PIL bilinear, then a centre crop. Serving uses the same."""
+    return resize_for_model(image.convert("RGB"), image_size)
+
+
+class JpegPack:
+    """A JPEG-pack ``.npz`` (concatenated JPEG bytes + offsets + labels), decoded lazily."""
+
+    def __init__(self, paths: Iterable[Path]):
+        self.paths = list(paths)
+        blobs, offsets, labels, base = [], [], [], 0
+        for p in self.paths:
+            d = np.load(p)
+            blobs.append(d["jpeg"])
+            offsets.append(d["offsets"][:-1] + base)
+            labels.append(d["labels"].astype(np.int64))
+            base += len(d["jpeg"])
+        self.jpeg = np.concatenate(blobs)
+        self.offsets = np.concatenate([*offsets, [base]])
+        self.labels = np.concatenate(labels)
+
+    def decode(self, indices: np.ndarray, image_size: int) -> np.ndarray:
+        out = np.empty((len(indices), image_size, image_size, 3), dtype=np.uint8)
+        for j, i in enumerate(indices):
+            raw = self.jpeg[self.offsets[i] : self.offsets[i + 1]].tobytes()
+            out[j] = eval_resize(Image.open(io.BytesIO(raw)), image_size)
+        return out
+
+
+# ---------------------------------------------------------------- sources
+
+
+@dataclass
+class _Source:
+    """Full training and test sets of a dataset, as decoders over source label arrays."""
+
+    train_labels: np.ndarray
+    test_labels: np.ndarray
+    decode_train: object  # Callable[[np.ndarray, int], np.ndarray]
+    decode_test: object
+
+
+def _array_decoder(x: np.ndarray):
+    def decode(indices: np.ndarray, image_size: int) -> np.ndarray:
+        sel = x[indices]
+        if sel.ndim == 3:  # greyscale (MNIST)
+            sel = np.repeat(sel[..., None], 3, axis=-1)
+        if sel.shape[1] == image_size and sel.shape[2] == image_size:
+            return np.ascontiguousarray(sel)
+        return np.stack([eval_resize(Image.fromarray(im), image_size) for im in sel]) if len(sel) else (
+            np.empty((0, image_size, image_size, 3), np.uint8))
+
+    return decode
+
+
+def _pack_source(dataset: str, root: Path) -> _Source | None:
+    folder, train_glob, test_name = _PACKS[dataset]
+    train_paths = sorted((root / folder).glob(train_glob))
+    test_path = root / folder / test_name
+    if not train_paths or not test_path.exists():
+        return None
+    train, test = JpegPack(train_paths), JpegPack([test_path])
+    return _Source(train.labels, test.labels, train.decode, test.decode)
+
+
+def _mnist_source(root: Path) -> _Source | None:
+    path = root / "mnist" / "mnist.npz"
+    if not path.exists():
+        return None
+    d = np.load(path)
+    return _Source(d["y_train"].astype(np.int64), d["y_test"].astype(np.int64),
+                   _array_decoder(d["x_train"]), _array_decoder(d["x_test"]))
+
+
+def _torchvision_source(dataset: str, root: Path) -> _Source:
+    import torchvision.datasets as tvd
+
+    cls = {"cifar10": tvd.CIFAR10, "mnist": tvd.MNIST}.get(dataset)
+    if cls is None:
+        raise DataError(f"torchvision has no {dataset}; use the JPEG packs or an ImageFolder tree")
+    try:
+        train = cls(str(root / "torchvision"), train=True, download=True)
+        test = cls(str(root / "torchvision"), train=False, download=True)
+    except Exception as e:  # network errors come in many types
+        raise DataError(f"torchvision could not download {dataset} into {root / 'torchvision'}: {e}") from e
+    tx, ty = np.asarray(train.data), np.asarray(train.targets, dtype=np.int64)
+    vx, vy = np.asarray(test.data), np.asarray(test.targets, dtype=np.int64)
+    return _Source(ty, vy, _array_decoder(tx), _array_decoder(vx))
+
+
+def _source(dataset: str, root: Path, download: bool) -> _Source:
+    src = _mnist_source(root) if dataset == "mnist" else _pack_source(dataset, root)
+    if src is not None:
+        return src
+    if download:
+        return _torchvision_source(dataset, root)
+    want = {
+        "cifar10": f"{root / 'cifar10'}/train_part*.npz and test.npz",
+        "tiny_imagenet": f"{root / 'tiny_imagenet'}/train_known_union_part*.npz and val.npz",
+        "mnist": f"{root / 'mnist' / 'mnist.npz'}",
+    }[dataset]
+    raise DataError(f"{dataset} data not found under {root}. " + _HOW_TO_GET.format(want=want))
+
+
+def _per_class_cap(labels: np.ndarray, positions: np.ndarray, cap: int | None, seed: int) -> np.ndarray:
+    if cap is None:
+        return positions
+    rng = np.random.default_rng(seed + 1)
+    out = [rng.permutation(positions[labels[positions] == c])[:cap] for c in np.unique(labels[positions])]
+    return np.sort(np.concatenate(out)) if out else positions
+
+
+def load_open_set(
+    dataset: str,
+    split: int = 0,
+    data_root: str | os.PathLike = "data",
+    *,
+    image_size: int | None = None,
+    calib_fraction: float = 0.1,
+    split_seed: int = 0,
+    max_train_per_class: int | None = None,
+    max_test_per_class: int | None = None,
+    download: bool = False,
+) -> OpenSetData:
+    """Build one open-set split. The calibration hold-out is drawn first, from all training
+    images of each known class, so it never depends on ``max_train_per_class``."""
+    if dataset not in DATASETS:
+        raise ValueError(f"unknown dataset {dataset!r}: valid datasets are {', '.join(DATASETS)}")
+    if not 0.0 <= calib_fraction < 1.0:
+        raise ValueError(f"calib_fraction must be in [0, 1), got {calib_fraction}")
+    root = Path(data_root)
+    size = image_size or DEFAULT_IMAGE_SIZE[dataset]
+    if dataset == "imagefolder":
+        return _load_imagefolder(root, size, calib_fraction, split_seed, max_train_per_class, max_test_per_class)
+
+    known, unknown, names = known_unknown(dataset, split)
+    src = _source(dataset, root, download)
+    pool = np.flatnonzero(np.isin(src.train_labels, known))
+    if len(pool) == 0:
+        raise DataError(f"no training images of the known classes {known} under {root}")
+    keep, hold = stratified_holdout(src.train_labels[pool], calib_fraction, split_seed)
+    train_idx = _per_class_cap(src.train_labels, pool[keep], max_train_per_class, split_seed)
+    calib_idx = pool[hold]
+    tk = _per_class_cap(src.test_labels, np.flatnonzero(np.isin(src.test_labels, known)), max_test_per_class, split_seed)
+    tu = _per_class_cap(src.test_labels, np.flatnonzero(np.isin(src.test_labels, unknown)), max_test_per_class, split_seed)
+    return OpenSetData(
+        dataset=dataset, split=split, classes=names, image_size=size,
+        train_x=src.decode_train(train_idx, size), train_y=reindex(src.train_labels[train_idx], known),
+        calib_x=src.decode_train(calib_idx, size), calib_y=reindex(src.train_labels[calib_idx], known),
+        calib_indices=calib_idx,
+        test_known_x=src.decode_test(tk, size), test_known_y=reindex(src.test_labels[tk], known),
+        test_unknown_x=src.decode_test(tu, size), known_source_labels=known,
+    )
+
+
+def _list_images(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
+
+
+def _load_folder(paths: list[Path], size: int) -> np.ndarray:
+    if not paths:
+        return np.empty((0, size, size, 3), np.uint8)
+    return np.stack([resize_for_model(decode_file(p), size) for p in paths])
+
+
+def _load_imagefolder(root: Path, size: int, calib_fraction: float, seed: int,
+                      max_train: int | None, max_test: int | None) -> OpenSetData:
+    """``root/train/<class>/*``, ``root/test/<class>/*`` and an optional ``root/unknown/**``
+    (images of classes the model must reject, for evaluation only)."""
+    train_dir = root / "train"
+    if not train_dir.is_dir():
+        raise DataError(f"ImageFolder data expects {train_dir}/<class>/<image> (and test/, optionally unknown/)")
+    classes = sorted(d.name for d in train_dir.iterdir() if d.is_dir())
+    if len(classes) < 2:
+        raise DataError(f"{train_dir} must hold at least two class folders, found {classes}")
+    paths, labels = [], []
+    for k, c in enumerate(classes):
+        files = _list_images(train_dir / c)
+        paths += files
+        labels += [k] * len(files)
+    labels = np.asarray(labels, dtype=np.int64)
+    keep, hold = stratified_holdout(labels, calib_fraction, seed)
+    keep = _per_class_cap(labels, keep, max_train, seed)
+    test_paths, test_labels = [], []
+    for k, c in enumerate(classes):
+        files = _list_images(root / "test" / c) if (root / "test" / c).is_dir() else []
+        test_paths += files[: max_test or None]
+        test_labels += [k] * len(files[: max_test or None])
+    unknown = _list_images(root / "unknown") if (root / "unknown").is_dir() else []
+    return OpenSetData(
+        dataset="imagefolder", split=0, classes=classes, image_size=size,
+        train_x=_load_folder([paths[i] for i in keep], size), train_y=labels[keep],
+        calib_x=_load_folder([paths[i] for i in hold], size), calib_y=labels[hold], calib_indices=hold,
+        test_known_x=_load_folder(test_paths, size), test_known_y=np.asarray(test_labels, np.int64),
+        test_unknown_x=_load_folder(unknown[: max_test or None], size),
+        known_source_labels=list(range(len(classes))),
+    )
+
+
+def open_set_from_config(config: dict, data_root: str | os.PathLike | None = None) -> OpenSetData:
+    """Rebuild the data of a training run from its saved config (export uses this)."""
+    return load_open_set(
+        config["dataset"], config["split"], data_root or config["data_root"],
+        image_size=config.get("image_size"), calib_fraction=config["calib_fraction"],
+        split_seed=config["split_seed"], max_train_per_class=config.get("max_train_per_class"),
+        max_test_per_class=config.get("max_test_per_class"), download=config.get("download", False),
+    )

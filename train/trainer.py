@@ -1,0 +1,323 @@
+"""The one training loop: teacher, baselines and distilled students, single process or DDP.
+
+Every epoch is a pure function of (weights, optimiser state, epoch): RNGs are re-seeded from
+(seed, epoch, rank) at its start, so ``--resume`` continues exactly where a run stopped.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import time
+from contextlib import nullcontext
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
+from tqdm import tqdm
+
+from .augment import batch_crop_flip, batch_randaugment, train_transform
+from .checkpoint import SCHEMA, CheckpointError, atomic_torch_save, git_commit, load_checkpoint, model_from_checkpoint
+from .config import TrainConfig
+from .data import OpenSetData, load_open_set
+from .metrics import SCORES, auroc, known_score, open_set_metrics
+from .models import build_model
+from .steps import Step
+
+
+class NonFiniteLossError(RuntimeError):
+    pass
+
+
+class AugmentedImages(Dataset):
+    """uint8 NHWC images -> (augmented uint8 CHW tensor, label)."""
+
+    def __init__(self, x: np.ndarray, y: np.ndarray, transform):
+        self.x = torch.from_numpy(x).permute(0, 3, 1, 2)  # a view: no copy of the pixels
+        self.y = torch.from_numpy(y)
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+    def __getitem__(self, i: int):
+        return self.transform(self.x[i]), self.y[i]
+
+
+class Normalize(nn.Module):
+    """uint8 NCHW -> normalised float, on the device (the exported graph does the same)."""
+
+    def __init__(self, mean: list[float], std: list[float]):
+        super().__init__()
+        self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1) * 255)
+        self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1) * 255)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (x.float() - self.mean) / self.std
+
+
+def lr_factor(step: int, steps_per_epoch: int, cfg: TrainConfig) -> float:
+    """Linear warm-up, then multiply by lr_gamma at each milestone (fractions of training)."""
+    warm = cfg.warmup_epochs * steps_per_epoch
+    if step < warm:
+        return (step + 1) / warm
+    total = cfg.epochs * steps_per_epoch
+    return cfg.lr_gamma ** sum(step >= m * total for m in cfg.lr_milestones)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def _dist_info() -> tuple[int, int, int]:
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    return world, int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
+
+
+def resolve_device(name: str, local_rank: int = 0) -> torch.device:
+    if name == "auto":
+        return torch.device(f"cuda:{local_rank}") if torch.cuda.is_available() else torch.device("cpu")
+    return torch.device(name)
+
+
+@torch.no_grad()
+def predict_logits(model: nn.Module, norm: Normalize, x: np.ndarray, device: torch.device,
+                   batch_size: int = 512, amp: bool = False) -> np.ndarray:
+    model.eval()
+    out = []
+    for i in range(0, len(x), batch_size):
+        xb = torch.from_numpy(x[i : i + batch_size]).to(device).permute(0, 3, 1, 2)
+        with _autocast(device, amp):
+            out.append(model(norm(xb)).float().cpu())
+    return torch.cat(out).numpy() if out else np.empty((0, 0), np.float32)
+
+
+def _autocast(device: torch.device, amp: bool):
+    return torch.autocast("cuda", dtype=torch.bfloat16) if amp and device.type == "cuda" else nullcontext()
+
+
+def evaluate(model: nn.Module, norm: Normalize, data: OpenSetData, device: torch.device,
+             score: str = "max_logit", amp: bool = False) -> dict:
+    """Closed-set accuracy and open-set metrics on the test sets (reporting only, never selection)."""
+    kl = predict_logits(model, norm, data.test_known_x, device, amp=amp)
+    ul = predict_logits(model, norm, data.test_unknown_x, device, amp=amp)
+    if len(ul) == 0:
+        return {"accuracy": float((kl.argmax(1) == data.test_known_y).mean()), "n_known": len(kl), "n_unknown": 0}
+    m = open_set_metrics(kl, data.test_known_y, ul, score=score)
+    for kind in SCORES:  # the other scores' AUROC, for comparison
+        m[f"auroc_{kind}"] = auroc(known_score(kl, kind), known_score(ul, kind))
+    return m
+
+
+def load_teacher(path: str, data: OpenSetData, cfg: TrainConfig, device: torch.device) -> tuple[nn.Module, dict]:
+    """Load the teacher and refuse one trained on other classes, another split or hold-out."""
+    t = load_checkpoint(path)
+    tc = t["config"]
+    problems = []
+    if t["classes"] != data.classes:
+        problems.append(f"classes {t['classes']} != {data.classes}")
+    if (tc["dataset"], tc["split"]) != (cfg.dataset, cfg.split):
+        problems.append(f"dataset/split {tc['dataset']}/{tc['split']} != {cfg.dataset}/{cfg.split}")
+    if t["image_size"] != data.image_size:
+        problems.append(f"image_size {t['image_size']} != {data.image_size}")
+    if list(t["calibration_indices"]) != data.calib_indices.tolist():
+        problems.append("its calibration hold-out differs (use the same --split-seed and --calib-fraction): "
+                        "the teacher trained on images this run keeps for calibration")
+    if problems:
+        raise CheckpointError(f"teacher {path} does not match this run: " + "; ".join(problems))
+    model = model_from_checkpoint(t).to(device)
+    for p in model.parameters():
+        p.requires_grad_(False)
+    info = {"run_id": t.get("run_id"), "arch": t["model_args"]["arch"], "width": t["model_args"]["width"],
+            "path": str(path), "metrics": t.get("metrics", {})}
+    return model, info
+
+
+class Trainer:
+    def __init__(self, cfg: TrainConfig, data: OpenSetData | None = None, progress: bool = True):
+        self.cfg = cfg
+        self.world, self.rank, local_rank = _dist_info()
+        if self.world > 1 and not dist.is_initialized():
+            backend = "nccl" if torch.cuda.is_available() and cfg.device != "cpu" else "gloo"
+            dist.init_process_group(backend)
+        self.device = resolve_device(cfg.device, local_rank)
+        if self.device.type == "cuda":
+            torch.cuda.set_device(self.device)
+            torch.backends.cudnn.benchmark = True
+        self.main = self.rank == 0
+        self.progress = progress and self.main
+        self.out = Path(cfg.run_dir)
+        self.data = data or load_open_set(
+            cfg.dataset, cfg.split, cfg.data_root, image_size=cfg.image_size, calib_fraction=cfg.calib_fraction,
+            split_seed=cfg.split_seed, max_train_per_class=cfg.max_train_per_class,
+            max_test_per_class=cfg.max_test_per_class, download=cfg.download)
+        cfg.image_size = self.data.image_size
+        self.mean, self.std = self.data.normalize_stats()
+        self.norm = Normalize(self.mean, self.std).to(self.device)
+        k = self.data.num_classes
+
+        torch.manual_seed(cfg.seed)  # identical init on every rank
+        self.model_args = {"arch": cfg.arch, "num_classes": k, "width": cfg.width}
+        self.model = build_model(**self.model_args).to(self.device)
+        if self.device.type == "cuda" and cfg.channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
+        self.teacher, self.teacher_info = None, None
+        if cfg.method in ("kd", "ad"):
+            self.teacher, self.teacher_info = load_teacher(cfg.teacher, self.data, cfg, self.device)
+            if self.device.type == "cuda" and cfg.channels_last:
+                self.teacher = self.teacher.to(memory_format=torch.channels_last)
+        self.net = nn.parallel.DistributedDataParallel(self.model) if self.world > 1 else self.model
+
+        per_rank = max(1, cfg.batch_size // self.world)
+        self.dataset = AugmentedImages(self.data.train_x, self.data.train_y,
+                                       train_transform(self.data.image_size, randaugment=cfg.randaugment))
+        self.sampler = DistributedSampler(self.dataset, num_replicas=self.world, rank=self.rank,
+                                          shuffle=True, seed=cfg.seed, drop_last=True)
+        self.loader = DataLoader(self.dataset, batch_size=per_rank, sampler=self.sampler, drop_last=True,
+                                 num_workers=cfg.workers, pin_memory=self.device.type == "cuda",
+                                 persistent_workers=cfg.workers > 0)
+        if len(self.loader) == 0:
+            raise ValueError(f"batch size {per_rank} per process exceeds the {len(self.dataset)} training images")
+        self.steps_per_epoch = len(self.loader)
+        if cfg.batch_augment:  # the whole training set lives on the device as one uint8 tensor
+            self.device_x = self.dataset.x.contiguous().to(self.device)
+            self.device_y = self.dataset.y.to(self.device)
+        lr = cfg.lr * cfg.batch_size / 128
+        self.opt = torch.optim.SGD(self.model.parameters(), lr=lr, momentum=cfg.momentum,
+                                   weight_decay=cfg.weight_decay)
+        self.sched = torch.optim.lr_scheduler.LambdaLR(
+            self.opt, lambda s: lr_factor(s, self.steps_per_epoch, cfg))
+        self.step = Step(cfg, k, self.teacher)
+        self.epoch = 0
+        self.metrics: dict = {}
+        self.run_id = f"{self.out.name}-{cfg.digest()}"
+        if cfg.resume:
+            self._resume()
+
+    # ------------------------------------------------------------------ checkpoints
+
+    def _checkpoint(self) -> dict:
+        return {
+            "schema": SCHEMA,
+            "model": self.model.state_dict(),
+            "model_args": self.model_args,
+            "classes": self.data.classes,
+            "image_size": self.data.image_size,
+            "normalize": {"mean": self.mean, "std": self.std},
+            "config": self.cfg.to_dict(),
+            "metrics": self.metrics,
+            "calibration_indices": self.data.calib_indices.tolist(),
+            "epoch": self.epoch,
+            "optimizer": self.opt.state_dict(),
+            "scheduler": self.sched.state_dict(),
+            "run_id": self.run_id,
+            "config_digest": self.cfg.digest(),
+            "git_commit": git_commit(),
+            "teacher": self.teacher_info,
+            "torch_version": str(torch.__version__),
+        }
+
+    def _resume(self) -> None:
+        path = self.out / "checkpoint.pt"
+        if not path.exists():
+            raise FileNotFoundError(f"--resume: no checkpoint at {path}")
+        ckpt = load_checkpoint(path)
+        if ckpt["config_digest"] != self.cfg.digest():
+            raise CheckpointError(f"--resume: {path} was written with another config; use a new --out")
+        self.model.load_state_dict(ckpt["model"])
+        self.opt.load_state_dict(ckpt["optimizer"])
+        self.sched.load_state_dict(ckpt["scheduler"])
+        self.epoch, self.metrics = ckpt["epoch"], ckpt["metrics"]
+
+    def _write(self, log_line: dict) -> None:
+        self.out.mkdir(parents=True, exist_ok=True)
+        atomic_torch_save(self._checkpoint(), self.out / "checkpoint.pt")
+        with open(self.out / "log.jsonl", "a") as f:
+            f.write(json.dumps(log_line) + "\n")
+        summary = {"run_id": self.run_id, "epoch": self.epoch, "config": self.cfg.to_dict(),
+                   "teacher": self.teacher_info, "metrics": self.metrics}
+        tmp = self.out / "metrics.json.tmp"
+        tmp.write_text(json.dumps(summary, indent=2))
+        os.replace(tmp, self.out / "metrics.json")
+
+    # ------------------------------------------------------------------ loop
+
+    def _batches(self):
+        if not self.cfg.batch_augment:
+            yield from self.loader
+            return
+        order = torch.tensor(list(self.sampler), device=self.device)
+        per = self.loader.batch_size
+        for b in range(self.steps_per_epoch):
+            idx = order[b * per : (b + 1) * per]
+            x = batch_crop_flip(self.device_x[idx])
+            yield (batch_randaugment(x) if self.cfg.randaugment else x), self.device_y[idx]
+
+    def train_epoch(self) -> dict:
+        cfg = self.cfg
+        seed_everything(cfg.seed * 100_003 + self.epoch * 1_009 + self.rank)
+        self.sampler.set_epoch(self.epoch)
+        self.net.train()
+        total, n, mixed_steps, t0 = 0.0, 0, 0, time.perf_counter()
+        bar = tqdm(self._batches(), total=self.steps_per_epoch, desc=f"epoch {self.epoch + 1}/{cfg.epochs}", disable=not self.progress,
+                   leave=False, dynamic_ncols=True)
+        for x, y in bar:
+            x = x.to(self.device, non_blocking=True)
+            y = y.to(self.device, non_blocking=True)
+            if self.device.type == "cuda" and cfg.channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            mixed = cfg.mix != "none" and torch.rand(()).item() < cfg.p_mix
+            with _autocast(self.device, cfg.amp):
+                loss, _ = self.step(self.net, self.norm(x), y, mixed)
+            value = loss.item()
+            if not math.isfinite(value):
+                raise NonFiniteLossError(
+                    f"loss became {value} at epoch {self.epoch + 1}, step {n + 1}; stopped. The last good "
+                    f"checkpoint (epoch {self.epoch}) is kept in {self.out}. Try a lower --lr.")
+            self.opt.zero_grad(set_to_none=True)
+            loss.backward()
+            self.opt.step()
+            self.sched.step()
+            total += value
+            n += 1
+            mixed_steps += mixed
+            bar.set_postfix(loss=f"{total / n:.3f}")
+        return {"train_loss": total / max(n, 1), "mixed_steps": mixed_steps, "steps": n,
+                "epoch_seconds": time.perf_counter() - t0,
+                "images_per_second": n * x.shape[0] * self.world / (time.perf_counter() - t0)}
+
+    def fit(self, stop_after: int | None = None) -> dict:
+        """Train to cfg.epochs (or stop after ``stop_after`` epochs of this call, to simulate a crash)."""
+        cfg, done = self.cfg, 0
+        if self.main:
+            print(f"osr-train: {self.run_id} on {self.device} x{self.world}: {len(self.dataset)} train, "
+                  f"{len(self.data.calib_x)} calibration, {len(self.data.test_known_x)} known test, "
+                  f"{len(self.data.test_unknown_x)} unknown test images; {self.steps_per_epoch} steps/epoch",
+                  flush=True)
+        while self.epoch < cfg.epochs:
+            stats = self.train_epoch()
+            self.epoch += 1
+            done += 1
+            line = {"epoch": self.epoch, "lr": self.opt.param_groups[0]["lr"], **stats}
+            if self.main:
+                if self.epoch % cfg.eval_every == 0 or self.epoch == cfg.epochs:
+                    self.metrics = evaluate(self.model, self.norm, self.data, self.device, cfg.score, cfg.amp)
+                    line["test"] = self.metrics
+                self._write(line)
+                m = self.metrics
+                if "auroc" in line.get("test", {}):
+                    print(f"epoch {self.epoch}: loss {stats['train_loss']:.4f} acc {m['accuracy']:.4f} "
+                          f"auroc {m['auroc']:.4f} oscr {m['oscr']:.4f} "
+                          f"({stats['images_per_second']:.0f} img/s)", flush=True)
+            if self.world > 1:
+                dist.barrier()
+            if stop_after is not None and done >= stop_after:
+                break
+        return self.metrics
