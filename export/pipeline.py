@@ -1,0 +1,259 @@
+"""One export: calibrate, build the decision graph, export + verify ONNX, report, manifest,
+Triton configs, optional int8 / TensorRT variants, all written atomically into the repository.
+
+`export_to_repository` takes in-memory inputs (a model and uint8 image arrays) so the CLI and
+the test fixture share the same code path.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import platform
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from osr.export import conformal
+from osr.export.graph import OsrGraph, export_onnx, input_specs, output_specs, run_torch, verify_onnx
+from osr.export.manifest import RESIZE_RULE, SCHEMA_VERSION, sha256_file, write_manifest
+from osr.export.repository import check_version_free, next_version, version_writer, write_model_configs
+
+log = logging.getLogger(__name__)
+
+MODEL_FILE = "model.onnx"
+REPORT_DIR = "report"
+INT8_SUFFIX = "-int8"
+TENSORRT_SUFFIX = "-trt"
+
+
+@dataclass
+class ExportInputs:
+    """What an export needs, independent of where it came from (checkpoint or test fixture)."""
+
+    model: nn.Module
+    classes: list[str]
+    image_size: int
+    mean: list[float]
+    std: list[float]
+    calib_x: np.ndarray  # uint8 [N, S, S, 3], known-class images never trained on
+    calib_y: np.ndarray
+    test_known_x: np.ndarray | None = None
+    test_known_y: np.ndarray | None = None
+    test_unknown_x: np.ndarray | None = None
+    quantization_x: np.ndarray | None = None  # training images for int8 activation ranges
+    provenance: dict = field(default_factory=dict)
+
+
+@dataclass
+class ExportOptions:
+    repository: Path
+    name: str
+    version: int | None = None  # None: next free version
+    alpha: float = 0.05
+    confidence: float | None = None  # None: split conformal; else PAC with this confidence
+    per_class: bool = False
+    score_function: str = "max_logit"
+    int8: bool = False
+    tensorrt: bool = False
+    tensorrt_fp16: bool = False
+    tensorrt_accelerator: bool = False  # config.pbtxt: ORT's TensorRT accelerator inside Triton
+    force: bool = False
+    max_batch_size: int = 64
+    parity_images: int = 64
+    report: bool = True
+
+
+@dataclass
+class ExportResult:
+    version_dir: Path
+    manifest: dict
+    variant_dirs: dict[str, Path] = field(default_factory=dict)
+    threshold: conformal.ConformalThreshold | None = None
+    calibration_scores: np.ndarray | None = None  # as baked into the graph
+
+
+def versions_record() -> dict:
+    """Library versions the export ran with (manifest "versions")."""
+    import onnx
+    import onnxruntime
+
+    import osr
+
+    record = {
+        "osr": getattr(osr, "__version__", None),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "onnx": onnx.__version__,
+        "onnxruntime": onnxruntime.__version__,
+        "numpy": np.__version__,
+    }
+    try:
+        import onnxscript
+
+        record["onnxscript"] = onnxscript.__version__
+    except ImportError:
+        pass
+    return record
+
+
+def config_digest(config: dict) -> str:
+    """sha256 of the training config as canonical JSON."""
+    return hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def calibration_scores(model: nn.Module, inputs: ExportInputs, score_function: str) -> tuple[np.ndarray, np.ndarray]:
+    """Scores (float32, as the graph computes them) and argmax classes of the calibration images."""
+    probe = OsrGraph(model, inputs.mean, inputs.std, len(inputs.classes), 0.0, [0.0], score_function)
+    outputs = run_torch(probe, inputs.calib_x)
+    return outputs["score"], outputs["logits"].argmax(axis=1)
+
+
+def parity_sample(inputs: ExportInputs, count: int) -> np.ndarray:
+    """A few calibration, known-test and unknown-test images for the torch/ONNX comparison."""
+    pools = [x for x in (inputs.calib_x, inputs.test_known_x, inputs.test_unknown_x) if x is not None and len(x)]
+    per_pool = max(1, count // len(pools))
+    return np.concatenate([pool[:per_pool] for pool in pools])
+
+
+def build_manifest(
+    name: str,
+    version: int,
+    model_path: Path,
+    inputs: ExportInputs,
+    threshold: conformal.ConformalThreshold,
+    score_function: str,
+    metrics: dict,
+    parity: dict,
+    extra: dict | None = None,
+) -> dict:
+    manifest: dict[str, Any] = {
+        "schema_version": SCHEMA_VERSION,
+        "name": name,
+        "version": int(version),
+        "model_file": model_path.name,
+        "sha256": sha256_file(model_path),
+        "classes": list(inputs.classes),
+        "image_size": int(inputs.image_size),
+        "resize": dict(RESIZE_RULE),
+        "normalize": {"mean": list(inputs.mean), "std": list(inputs.std), "applied_in_graph": True},
+        "inputs": input_specs(inputs.image_size),
+        "outputs": output_specs(len(inputs.classes)),
+        "score_function": score_function,
+        "threshold": threshold.to_manifest(),
+        "metrics": metrics,
+        "parity": parity,
+        "provenance": inputs.provenance,
+        "versions": versions_record(),
+    }
+    manifest.update(extra or {})
+    return manifest
+
+
+def write_triton_configs(model_dir: Path, manifest: dict, options: ExportOptions) -> None:
+    try:
+        from osr.export.triton_config import render_config
+    except ImportError:
+        log.warning("osr.export.triton_config is missing; no config.pbtxt written for %s", model_dir)
+        return
+    gpu = render_config(
+        manifest,
+        "gpu",
+        max_batch_size=options.max_batch_size,
+        tensorrt=options.tensorrt_accelerator,
+        tensorrt_fp16=options.tensorrt_fp16,
+    )
+    cpu = render_config(manifest, "cpu", max_batch_size=options.max_batch_size)
+    write_model_configs(model_dir, gpu, cpu)
+
+
+def export_to_repository(inputs: ExportInputs, options: ExportOptions) -> ExportResult:
+    """Run the whole export; returns the new version folder and its manifest."""
+    repository = Path(options.repository)
+    version = options.version or next_version(repository, options.name)
+    check_version_free(repository, options.name, version, options.force)
+    if options.tensorrt:
+        from osr.export.tensorrt import require_tensorrt
+
+        require_tensorrt()
+    if options.int8:
+        check_version_free(repository, options.name + INT8_SUFFIX, version, options.force)
+    if options.tensorrt:
+        check_version_free(repository, options.name + TENSORRT_SUFFIX, version, options.force)
+
+    model = inputs.model.eval()
+    num_classes = len(inputs.classes)
+    log.info("scoring %d calibration images", len(inputs.calib_x))
+    scores, predicted = calibration_scores(model, inputs, options.score_function)
+    threshold = conformal.calibrate(
+        scores,
+        options.alpha,
+        confidence=options.confidence,
+        predicted=predicted if options.per_class else None,
+        num_classes=num_classes,
+    )
+    graph = OsrGraph(
+        model, inputs.mean, inputs.std, num_classes, threshold.class_thresholds, scores, options.score_function
+    )
+    result = ExportResult(
+        version_dir=repository / options.name / str(version),
+        manifest={},
+        threshold=threshold,
+        calibration_scores=scores,
+    )
+    with version_writer(repository, options.name, version, options.force) as staging:
+        log.info("threshold %.6g (%s, alpha %s); exporting ONNX", threshold.value, threshold.method, options.alpha)
+        model_path = export_onnx(graph, staging / MODEL_FILE, inputs.image_size)
+        log.info("checking onnxruntime against torch")
+        parity = verify_onnx(graph, model_path, parity_sample(inputs, options.parity_images))
+        metrics = report_metrics(model_path, staging / REPORT_DIR, inputs, threshold, options)
+        manifest = build_manifest(
+            options.name, version, model_path, inputs, threshold, options.score_function, metrics, parity
+        )
+        write_manifest(staging, manifest)
+        result.manifest = manifest
+
+    write_triton_configs(repository / options.name, result.manifest, options)
+
+    log.info("wrote %s", result.version_dir)
+    if options.int8:
+        from osr.export.int8 import export_int8_variant
+
+        log.info("quantising to int8")
+        result.variant_dirs["int8"] = export_int8_variant(result, inputs, options, version)
+    if options.tensorrt:
+        from osr.export.tensorrt import export_tensorrt_variant
+
+        log.info("building the TensorRT engine")
+        result.variant_dirs["tensorrt"] = export_tensorrt_variant(result, inputs, options, version)
+    return result
+
+
+def report_metrics(
+    model_path: Path,
+    report_dir: Path,
+    inputs: ExportInputs,
+    threshold: conformal.ConformalThreshold,
+    options: ExportOptions,
+) -> dict:
+    if not options.report or inputs.test_known_x is None:
+        return {}
+    from osr.export.report import write_report
+
+    log.info("writing the report (onnxruntime on %d known, %d unknown test images)",
+             len(inputs.test_known_x), 0 if inputs.test_unknown_x is None else len(inputs.test_unknown_x))
+    return write_report(
+        model_path,
+        report_dir,
+        classes=inputs.classes,
+        threshold=threshold,
+        test_known_x=inputs.test_known_x,
+        test_known_y=inputs.test_known_y,
+        test_unknown_x=inputs.test_unknown_x,
+        score_function=options.score_function,
+    )

@@ -1,0 +1,232 @@
+"""The export report, computed by running the exported ONNX file in onnxruntime (not torch):
+realised false-rejection rate against the conformal target, closed- and open-set metrics,
+plots, report.md and report.json."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from osr.export.conformal import ConformalThreshold, binomial_band, conformal_band
+from osr.export.graph import onnx_session, run_onnx
+from osr.train.metrics import aupr, auroc, fpr_at_tpr, oscr, oscr_curve
+
+BAND_LEVEL = 0.99
+
+
+def _false_rejection(known: dict, known_y: np.ndarray, threshold: ConformalThreshold, num_classes: int) -> dict:
+    rejected = known["label"] == -1
+    n = len(rejected)
+    alpha = threshold.target_false_rejection
+    rate = float(rejected.mean())
+    low, high = binomial_band(alpha, n, BAND_LEVEL)
+    record = {
+        "n_known_test": int(n),
+        "false_rejection_rate": rate,
+        "target": alpha,
+        "binomial_band": [low, high],
+        "band_level": BAND_LEVEL,
+        "inside_binomial_band": bool(low <= rate <= high),
+        # PAC thresholds aim below alpha, so "at or under the band's top" is the guarantee check.
+        "consistent_with_guarantee": bool(rate <= high),
+    }
+    if threshold.confidence is None and threshold.per_class is None:
+        c_low, c_high = conformal_band(threshold.n_calibration, threshold.rank, n, BAND_LEVEL)
+        record["expected_rate"] = threshold.marginal_false_rejection_bound
+        record["conformal_band"] = [c_low, c_high]
+        record["inside_conformal_band"] = bool(c_low <= rate <= c_high)
+    predicted = known["logits"].argmax(axis=1)
+    record["per_predicted_class"] = [
+        float(rejected[predicted == c].mean()) if np.any(predicted == c) else None for c in range(num_classes)
+    ]
+    record["per_true_class"] = [
+        float(rejected[known_y == c].mean()) if np.any(known_y == c) else None for c in range(num_classes)
+    ]
+    return record
+
+
+def compute_report(
+    model_path: Path,
+    classes: Sequence[str],
+    threshold: ConformalThreshold,
+    test_known_x: np.ndarray,
+    test_known_y: np.ndarray,
+    test_unknown_x: np.ndarray | None,
+    score_function: str,
+) -> tuple[dict, dict]:
+    """(report numbers, raw arrays for the plots) from onnxruntime outputs."""
+    session = onnx_session(model_path)
+    known = run_onnx(session, test_known_x)
+    known_y = np.asarray(test_known_y)
+    correct = known["logits"].argmax(axis=1) == known_y
+    accepted = known["label"] != -1
+    metrics: dict = {
+        "computed_with": "onnxruntime on the exported model.onnx",
+        "score_function": score_function,
+        "accuracy": float(correct.mean()),
+        "n_known_test": int(len(known_y)),
+        "correct_and_accepted_rate": float(np.mean(correct & accepted)),
+        "false_rejection": _false_rejection(known, known_y, threshold, len(classes)),
+    }
+    raw = {"known_score": known["score"], "known_correct": correct}
+    if test_unknown_x is not None and len(test_unknown_x):
+        unknown = run_onnx(session, test_unknown_x)
+        s_known, s_unknown = known["score"].astype(np.float64), unknown["score"].astype(np.float64)
+        metrics.update(
+            {
+                "n_unknown_test": int(len(s_unknown)),
+                "unknown_rejected_rate": float(np.mean(unknown["label"] == -1)),
+                "auroc": auroc(s_known, s_unknown),
+                "aupr": aupr(s_known, s_unknown),
+                "oscr": oscr(s_known, correct, s_unknown),
+                "fpr_at_95tpr": fpr_at_tpr(s_known, s_unknown, 0.95),
+            }
+        )
+        raw["unknown_score"] = unknown["score"]
+    metrics["threshold"] = threshold.to_manifest()
+    return metrics, raw
+
+
+def _plots(raw: dict, threshold: ConformalThreshold, report_dir: Path) -> list[tuple[str, str]]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from sklearn.metrics import roc_curve
+
+    figures: list[tuple[str, str]] = []
+    known, unknown = raw["known_score"], raw.get("unknown_score")
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    everything = known if unknown is None else np.concatenate([known, unknown])
+    bins = np.linspace(float(everything.min()), float(everything.max()) + 1e-6, 40)
+    ax.hist(known, bins=bins, alpha=0.6, density=True, label=f"known test (n={len(known)})")
+    if unknown is not None:
+        ax.hist(unknown, bins=bins, alpha=0.6, density=True, label=f"unknown test (n={len(unknown)})")
+    ax.axvline(threshold.value, color="k", linestyle="--", label=f"threshold {threshold.value:.3g}")
+    if threshold.per_class is not None:
+        for value in threshold.per_class:
+            ax.axvline(value, color="grey", linestyle=":", linewidth=0.8)
+    ax.set_xlabel("score (higher = more known)")
+    ax.set_ylabel("density")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(report_dir / "scores.png", dpi=100)
+    plt.close(fig)
+    figures.append(("Score histograms", "scores.png"))
+
+    if unknown is not None:
+        labels = np.concatenate([np.ones(len(known)), np.zeros(len(unknown))])
+        fpr, tpr, _ = roc_curve(labels, np.concatenate([known, unknown]))
+        fig, ax = plt.subplots(figsize=(4.5, 4.5))
+        ax.plot(fpr, tpr)
+        ax.plot([0, 1], [0, 1], color="grey", linestyle=":")
+        ax.set_xlabel("unknown accepted (FPR)")
+        ax.set_ylabel("known accepted (TPR)")
+        ax.set_title("ROC, known = positive")
+        fig.tight_layout()
+        fig.savefig(report_dir / "roc.png", dpi=100)
+        plt.close(fig)
+        figures.append(("ROC", "roc.png"))
+
+        fpr, ccr = oscr_curve(known, raw["known_correct"], unknown)
+        fig, ax = plt.subplots(figsize=(4.5, 4.5))
+        ax.plot(fpr, ccr)
+        ax.set_xlabel("unknown accepted (FPR)")
+        ax.set_ylabel("correct classification rate (CCR)")
+        ax.set_title("OSCR curve")
+        fig.tight_layout()
+        fig.savefig(report_dir / "oscr.png", dpi=100)
+        plt.close(fig)
+        figures.append(("CCR vs FPR (OSCR)", "oscr.png"))
+    return figures
+
+
+def _fmt(value) -> str:
+    if value is None:
+        return "n/a"
+    if isinstance(value, float):
+        return f"{value:.4f}"
+    return str(value)
+
+
+def _markdown(metrics: dict, figures: list[tuple[str, str]]) -> str:
+    fr = metrics["false_rejection"]
+    th = metrics["threshold"]
+    lines = [
+        "# Export report",
+        "",
+        f"Computed with {metrics['computed_with']}; score function `{metrics['score_function']}`.",
+        "",
+        "## Threshold",
+        "",
+        f"- method: {th['method']}, target false-rejection rate alpha = {th['target_false_rejection']}"
+        + (f", confidence {th['confidence']}" if th["confidence"] is not None else ""),
+        f"- value: {th['value']:.6g} (rank {th['rank']} of {th['n_calibration']} calibration scores)",
+    ]
+    if th["per_class"] is not None:
+        lines.append(f"- per-class thresholds (by predicted class): {', '.join(f'{v:.4g}' for v in th['per_class'])}")
+    lines += [
+        "",
+        "## Known test images",
+        "",
+        "| metric | value |",
+        "|---|---|",
+        f"| images | {fr['n_known_test']} |",
+        f"| realised false-rejection rate | {_fmt(fr['false_rejection_rate'])} |",
+        f"| binomial {int(fr['band_level'] * 100)} % band for alpha | "
+        f"[{_fmt(fr['binomial_band'][0])}, {_fmt(fr['binomial_band'][1])}] |",
+        f"| inside the band | {fr['inside_binomial_band']} |",
+        f"| at or under the band's top | {fr['consistent_with_guarantee']} |",
+    ]
+    if "conformal_band" in fr:
+        lines.append(
+            f"| band incl. calibration randomness | [{_fmt(fr['conformal_band'][0])}, {_fmt(fr['conformal_band'][1])}] |"
+        )
+    lines += [
+        f"| closed-set accuracy | {_fmt(metrics['accuracy'])} |",
+        f"| correct and accepted | {_fmt(metrics['correct_and_accepted_rate'])} |",
+    ]
+    if "auroc" in metrics:
+        lines += [
+            "",
+            "## Unknown test images",
+            "",
+            "| metric | value |",
+            "|---|---|",
+            f"| images | {metrics['n_unknown_test']} |",
+            f"| share rejected as unknown | {_fmt(metrics['unknown_rejected_rate'])} |",
+            f"| AUROC (known = positive) | {_fmt(metrics['auroc'])} |",
+            f"| AUPR | {_fmt(metrics['aupr'])} |",
+            f"| OSCR | {_fmt(metrics['oscr'])} |",
+            f"| FPR at 95 % TPR | {_fmt(metrics['fpr_at_95tpr'])} |",
+        ]
+    for title, file in figures:
+        lines += ["", f"## {title}", "", f"![{title}]({file})"]
+    return "\n".join(lines) + "\n"
+
+
+def write_report(
+    model_path: Path,
+    report_dir: Path,
+    classes: Sequence[str],
+    threshold: ConformalThreshold,
+    test_known_x: np.ndarray,
+    test_known_y: np.ndarray,
+    test_unknown_x: np.ndarray | None,
+    score_function: str = "max_logit",
+) -> dict:
+    """Write report.json, report.md and the PNG plots into report_dir; return the metrics."""
+    report_dir = Path(report_dir)
+    report_dir.mkdir(parents=True, exist_ok=True)
+    metrics, raw = compute_report(
+        model_path, classes, threshold, test_known_x, test_known_y, test_unknown_x, score_function
+    )
+    figures = _plots(raw, threshold, report_dir)
+    metrics["figures"] = [file for _, file in figures]
+    (report_dir / "report.json").write_text(json.dumps(metrics, indent=2) + "\n", encoding="utf-8")
+    (report_dir / "report.md").write_text(_markdown(metrics, figures), encoding="utf-8")
+    return metrics

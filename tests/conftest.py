@@ -1,0 +1,63 @@
+"""Shared fixtures. `tiny_model_repository` is a real export (osr-export's own code path) of a
+random-weights classifier32 (width 0.125, 3 classes, 32 px) for the serve and Triton tests."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+TINY_NAME = "tiny"
+TINY_CLASSES = ["cat", "dog", "ship"]
+TINY_IMAGE_SIZE = 32
+TINY_MEAN = [0.49, 0.48, 0.45]
+TINY_STD = [0.25, 0.24, 0.26]
+
+
+def make_tiny_export_inputs(seed: int = 0, n_calib: int = 60, n_test: int = 24):
+    """ExportInputs for a random-weights classifier32 and random uint8 images (deterministic)."""
+    import torch
+
+    from osr.export.pipeline import ExportInputs
+    from osr.train.models import build_model
+
+    torch.manual_seed(seed)
+    model = build_model("classifier32", num_classes=len(TINY_CLASSES), width=0.125).eval()
+    rng = np.random.default_rng(seed)
+    shape = (TINY_IMAGE_SIZE, TINY_IMAGE_SIZE, 3)
+    calib_x = rng.integers(0, 256, (n_calib, *shape), dtype=np.uint8)
+    return ExportInputs(
+        model=model,
+        classes=list(TINY_CLASSES),
+        image_size=TINY_IMAGE_SIZE,
+        mean=list(TINY_MEAN),
+        std=list(TINY_STD),
+        calib_x=calib_x,
+        calib_y=rng.integers(0, len(TINY_CLASSES), n_calib),
+        test_known_x=rng.integers(0, 256, (n_test, *shape), dtype=np.uint8),
+        test_known_y=rng.integers(0, len(TINY_CLASSES), n_test),
+        test_unknown_x=rng.integers(0, 256, (n_test, *shape), dtype=np.uint8),
+        quantization_x=rng.integers(0, 256, (32, *shape), dtype=np.uint8),
+        provenance={"run_id": "tiny-fixture", "method": "random-weights", "student": "classifier32"},
+    )
+
+
+@pytest.fixture
+def tiny_export_inputs():
+    """Factory for fresh ExportInputs of the tiny model: call it with seed/n_calib/n_test."""
+    return make_tiny_export_inputs
+
+
+@pytest.fixture(scope="session")
+def tiny_model_repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A model repository with model "tiny" version 1 (config.pbtxt, configs/cpu.pbtxt when the
+    Triton renderer is present, model.onnx, manifest.json, report/)."""
+    from osr.export.pipeline import ExportOptions, export_to_repository
+
+    repository = tmp_path_factory.mktemp("model_repository")
+    export_to_repository(
+        make_tiny_export_inputs(),
+        ExportOptions(repository=repository, name=TINY_NAME, version=1, alpha=0.05),
+    )
+    return repository
