@@ -1,0 +1,513 @@
+"""The osr-serve FastAPI application: /v1/classify, Open Inference Protocol v2, health, metrics.
+
+Status codes for bad input (never a 5xx):
+- 401 missing or wrong API key (only when one is configured);
+- 413 body over ``max_body_bytes`` (Content-Length checked first, then counted while streaming),
+  or more than ``max_files`` files;
+- 415 /v1/classify where NO file is a usable image (the message lists each file's reason); when
+  at least one file decodes, the others are rows with status "error" and the answer is 200;
+- 422 /v1/classify request that is not a multipart form with files in the field ``files``;
+- 400 /v2 inference request with garbage JSON, a wrong shape or a wrong datatype;
+- 404 unknown route, model or version; 503 while the model is loading.
+/v1 (and every non-/v2 route) answers errors as {"detail": message}; /v2 as {"error": message},
+the Open Inference Protocol's error body that tritonclient reads.
+The API key guards /v1/* and /v2 metadata and inference; health, /metrics and /docs stay open
+for probes and scrapers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hmac
+import logging
+from collections.abc import AsyncIterator, Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from fastapi import APIRouter, Depends, FastAPI, Query, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from pydantic import BaseModel
+from starlette.concurrency import run_in_threadpool
+from starlette.datastructures import UploadFile
+from starlette.exceptions import HTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+import osr
+from osr.serve import oip
+from osr.serve.batcher import DynamicBatcher
+from osr.serve.decode import DecodeError, decode_to_pil
+from osr.serve.metrics import MetricsMiddleware, ServiceMetrics
+from osr.serve.predictor import INPUT_NAME, OUTPUT_NAMES, Predictor
+from osr.serve.results import error_row, rows_from_outputs
+from osr.serve.settings import Settings
+
+log = logging.getLogger("osr.serve")
+
+FILES_FIELD = "files"
+SERVER_NAME = "osr-serve"
+PredictorFactory = Callable[[], Predictor]
+
+
+# -- state ----------------------------------------------------------------------------------------
+
+@dataclass
+class ServiceState:
+    settings: Settings
+    metrics: ServiceMetrics = field(default_factory=ServiceMetrics)
+    predictor: Predictor | None = None
+    batcher: DynamicBatcher | None = None
+    ready: bool = False
+    load_error: str | None = None
+
+    def require_ready(self) -> tuple[Predictor, DynamicBatcher]:
+        if not self.ready or self.predictor is None or self.batcher is None:
+            reason = f"model failed to load: {self.load_error}" if self.load_error else "model is still loading"
+            raise HTTPException(503, f"not ready: {reason}", headers={"Retry-After": "1"})
+        return self.predictor, self.batcher
+
+
+def default_predictor_factory(settings: Settings) -> PredictorFactory:
+    def load() -> Predictor:
+        return Predictor.from_repository(
+            settings.model_repository, settings.model, settings.version,
+            triton_url=settings.triton_url, triton_protocol=settings.triton_protocol,
+            threads=settings.threads, max_pixels=settings.max_pixels,
+        )
+    return load
+
+
+async def _load_model(state: ServiceState, factory: PredictorFactory) -> None:
+    """Load, warm up with one dummy batch, then start batching; /readyz turns 200 only after that."""
+    try:
+        predictor = await run_in_threadpool(factory)
+        state.predictor = predictor
+        await run_in_threadpool(predictor.warmup)
+        state.batcher = DynamicBatcher(
+            predictor.run, max_batch=state.settings.max_batch, max_wait_ms=state.settings.max_wait_ms,
+            on_batch=state.metrics.observe_batch,
+        )
+        state.ready = True
+        log.info("model %s version %s ready", predictor.name, predictor.version)
+    except Exception as exc:  # reported by /readyz; liveness stays up so the reason can be read
+        state.load_error = f"{type(exc).__name__}: {exc}"
+        log.exception("model failed to load")
+
+
+# -- request body limit ---------------------------------------------------------------------------
+
+class BodyTooLarge(HTTPException):
+    def __init__(self, limit: int) -> None:
+        super().__init__(413, f"request body is larger than the limit of {limit} bytes")
+
+
+class BodyLimitMiddleware:
+    """413 when Content-Length is over the limit (nothing read), or as soon as the streamed body is."""
+
+    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = _content_length(scope)
+        if declared is not None and declared > self.max_bytes:
+            await error_response(scope["path"], BodyTooLarge(self.max_bytes))(scope, receive, send)
+            return
+        received = 0
+        started = False
+
+        async def limited_receive() -> Message:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.max_bytes:
+                    raise BodyTooLarge(self.max_bytes)
+            return message
+
+        async def tracking_send(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, limited_receive, tracking_send)
+        except BodyTooLarge as exc:  # raised where no exception handler caught it
+            if started:
+                raise
+            await error_response(scope["path"], exc)(scope, receive, send)
+
+
+def _content_length(scope: Scope) -> int | None:
+    for key, value in scope.get("headers", []):
+        if key == b"content-length":
+            try:
+                return int(value)
+            except ValueError:
+                return None
+    return None
+
+
+# -- errors ---------------------------------------------------------------------------------------
+
+def is_oip_path(path: str) -> bool:
+    return path == "/v2" or path.startswith("/v2/")
+
+
+def error_response(path: str, exc: HTTPException) -> JSONResponse:
+    key = "error" if is_oip_path(path) else "detail"
+    return JSONResponse({key: str(exc.detail)}, status_code=exc.status_code, headers=exc.headers)
+
+
+def _describe_validation(exc: RequestValidationError) -> str:
+    parts = []
+    for error in exc.errors():
+        where = ".".join(str(p) for p in error.get("loc", ())) or "request"
+        parts.append(f"{where}: {error.get('msg', 'invalid')}")
+    return "invalid request: " + "; ".join(parts)
+
+
+def _install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(HTTPException)
+    async def http_error(request: Request, exc: HTTPException) -> Response:
+        return error_response(request.url.path, exc)
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(request: Request, exc: RequestValidationError) -> Response:
+        status = 400 if is_oip_path(request.url.path) else 422
+        return error_response(request.url.path, HTTPException(status, _describe_validation(exc)))
+
+    @app.exception_handler(oip.OipError)
+    async def protocol_error(request: Request, exc: oip.OipError) -> Response:
+        return error_response(request.url.path, HTTPException(400, str(exc)))
+
+    @app.exception_handler(Exception)
+    async def unexpected_error(request: Request, exc: Exception) -> Response:
+        log.exception("unhandled error on %s %s", request.method, request.url.path)
+        return error_response(request.url.path, HTTPException(500, f"internal server error: {type(exc).__name__}"))
+
+
+# -- API key --------------------------------------------------------------------------------------
+
+def _api_key_guard(settings: Settings) -> Callable[[Request], None]:
+    expected = settings.api_key.get_secret_value().encode() if settings.api_key else None
+
+    def check(request: Request) -> None:
+        if expected is None:
+            return
+        key = request.headers.get("x-api-key")
+        if key is None:
+            scheme, _, credentials = request.headers.get("authorization", "").partition(" ")
+            key = credentials.strip() if scheme.lower() == "bearer" else None
+        challenge = {"WWW-Authenticate": "Bearer"}
+        if not key:
+            raise HTTPException(401, "missing API key: send it in the X-API-Key header or as "
+                                     "'Authorization: Bearer <key>'", headers=challenge)
+        if not hmac.compare_digest(key.encode(), expected):
+            raise HTTPException(401, "invalid API key", headers=challenge)
+
+    return check
+
+
+# -- /v1 ------------------------------------------------------------------------------------------
+
+class TopKEntry(BaseModel):
+    class_index: int
+    class_name: str
+    logit: float
+
+
+class ResultRow(BaseModel):
+    path: str
+    status: str
+    error: str | None
+    class_index: int | None
+    class_name: str | None
+    score: float | None
+    p_value: float | None
+    unknown: bool | None
+    top_k: list[TopKEntry]
+
+
+class ClassifyResponse(BaseModel):
+    model: str
+    version: int
+    results: list[ResultRow]
+
+
+_CLASSIFY_BODY_DOC: dict[str, Any] = {
+    "requestBody": {
+        "required": True,
+        "content": {"multipart/form-data": {"schema": {
+            "type": "object", "required": [FILES_FIELD],
+            "properties": {FILES_FIELD: {"type": "array", "items": {"type": "string", "format": "binary"}}},
+        }}},
+    }
+}
+
+
+async def _read_files(request: Request, max_files: int) -> list[tuple[str, bytes]]:
+    content_type = request.headers.get("content-type", "")
+    if not content_type.lower().startswith("multipart/form-data"):
+        raise HTTPException(422, f"expected a multipart/form-data body with images in the field '{FILES_FIELD}', "
+                                 f"got Content-Type {content_type or 'none'!r}")
+    try:
+        form = await request.form(max_files=max_files, max_fields=max_files)
+    except BodyTooLarge:
+        raise
+    except HTTPException as exc:  # Starlette reports every multipart problem as 400
+        if str(exc.detail).startswith("Too many files"):
+            raise HTTPException(413, f"too many files: at most {max_files} per request") from None
+        raise HTTPException(422, f"malformed multipart body: {exc.detail}") from None
+    try:
+        values = form.getlist(FILES_FIELD)
+        if not values:
+            found = sorted(set(form.keys()))
+            hint = f" (the form has {', '.join(repr(k) for k in found)})" if found else ""
+            raise HTTPException(422, f"no files: send each image as a file in the multipart field "
+                                     f"'{FILES_FIELD}'{hint}")
+        items = []
+        for index, value in enumerate(values):
+            if not isinstance(value, UploadFile):
+                raise HTTPException(422, f"the field '{FILES_FIELD}' must hold files, item {index} is a text value")
+            items.append((value.filename or f"{FILES_FIELD}[{index}]", await value.read()))
+        return items
+    finally:
+        await form.close()
+
+
+def _prepare(predictor: Predictor, items: list[tuple[str, bytes]], max_pixels: int) -> tuple[list, list[str]]:
+    """Decode and resize each file; (per-file array or error message, names). Runs in a thread."""
+    prepared: list[np.ndarray | str] = []
+    for name, data in items:
+        try:
+            prepared.append(predictor.preprocess(decode_to_pil(data, max_pixels)))
+        except DecodeError as exc:
+            prepared.append(str(exc))
+        except Exception as exc:  # a decoded image the resizer still cannot handle is the file's fault
+            log.warning("cannot preprocess %s", name, exc_info=True)
+            prepared.append(f"cannot process image: {exc}")
+    return prepared, [name for name, _ in items]
+
+
+def _v1_router(state: ServiceState, guard: Callable[[Request], None]) -> APIRouter:
+    router = APIRouter(prefix="/v1", dependencies=[Depends(guard)], tags=["classify"])
+    settings = state.settings
+
+    @router.post("/classify", response_model=ClassifyResponse, openapi_extra=_CLASSIFY_BODY_DOC,
+                 summary="Classify images (known class or unknown)")
+    async def classify(
+        request: Request,
+        top_k: int | None = Query(None, ge=0, le=1000, description="classes listed per image (default 5)"),
+    ) -> dict:
+        predictor, batcher = state.require_ready()
+        items = await _read_files(request, settings.max_files)
+        prepared, names = await run_in_threadpool(_prepare, predictor, items, settings.max_pixels)
+        ok = [i for i, p in enumerate(prepared) if not isinstance(p, str)]
+        state.metrics.files.labels("ok").inc(len(ok))
+        state.metrics.files.labels("error").inc(len(prepared) - len(ok))
+        if not ok:
+            reasons = "; ".join(f"{name}: {message}" for name, message in zip(names, prepared))
+            raise HTTPException(415, f"no file is a usable image: {reasons}")
+        outputs = await batcher.infer(np.stack([prepared[i] for i in ok]))
+        k = settings.default_top_k if top_k is None else top_k
+        rows: list[dict] = [
+            error_row(name, p) if isinstance(p, str) else {} for name, p in zip(names, prepared)
+        ]
+        for i, row in zip(ok, rows_from_outputs(outputs, [names[i] for i in ok], predictor.classes, k)):
+            rows[i] = row
+        return {"model": predictor.name, "version": predictor.version, "results": rows}
+
+    return router
+
+
+# -- /v2 (Open Inference Protocol) ----------------------------------------------------------------
+
+def _served_model(state: ServiceState, model_name: str, model_version: str | None) -> Predictor:
+    predictor, _ = state.require_ready()
+    if model_name != predictor.name:
+        raise HTTPException(404, f"unknown model {model_name!r}; this server serves {predictor.name!r}")
+    if model_version not in (None, "", str(predictor.version)):
+        raise HTTPException(404, f"model {model_name!r} has no version {model_version!r} here "
+                                 f"(served: {predictor.version})")
+    return predictor
+
+
+def _model_metadata(predictor: Predictor) -> oip.ModelMetadata:
+    manifest = predictor.manifest
+    size = predictor.image_size
+    inputs = manifest.get("inputs") or [{"name": INPUT_NAME, "dtype": "uint8", "shape": [-1, size, size, 3]}]
+    outputs = manifest.get("outputs") or [
+        {"name": "logits", "dtype": "float32", "shape": [-1, len(predictor.classes)]},
+        {"name": "score", "dtype": "float32", "shape": [-1]},
+        {"name": "label", "dtype": "int64", "shape": [-1]},
+        {"name": "p_value", "dtype": "float32", "shape": [-1]},
+    ]
+    return oip.ModelMetadata(
+        name=predictor.name, versions=[str(predictor.version)], platform="onnxruntime_onnx",
+        inputs=oip.tensor_metadata_from_manifest(inputs), outputs=oip.tensor_metadata_from_manifest(outputs),
+    )
+
+
+def _model_config(predictor: Predictor, max_batch: int) -> dict:
+    """The subset of Triton's model configuration clients read (max_batch_size, tensors)."""
+    metadata = _model_metadata(predictor)
+
+    def tensors(entries: list[oip.TensorMetadata]) -> list[dict]:
+        return [{"name": t.name, "data_type": f"TYPE_{t.datatype}", "dims": t.shape[1:] or [1]} for t in entries]
+
+    return {"name": predictor.name, "platform": "onnxruntime_onnx", "backend": "onnxruntime",
+            "max_batch_size": max_batch, "input": tensors(metadata.inputs), "output": tensors(metadata.outputs)}
+
+
+def _check_images_input(request: oip.InferRequest, image_size: int) -> None:
+    names = [t.name for t in request.inputs]
+    if names != [INPUT_NAME]:
+        raise oip.OipError(f"the model takes exactly one input '{INPUT_NAME}', got {names}")
+    tensor = request.inputs[0]
+    if tensor.datatype != "UINT8":
+        raise oip.OipError(f"input '{INPUT_NAME}' must have datatype UINT8, got {tensor.datatype}")
+    expected = [image_size, image_size, 3]
+    if len(tensor.shape) != 4 or list(tensor.shape[1:]) != expected or tensor.shape[0] < 1:
+        raise oip.OipError(f"input '{INPUT_NAME}' must have shape [N, {image_size}, {image_size}, 3] with N >= 1 "
+                           f"(RGB, already resized), got {tensor.shape}")
+
+
+def _decode_infer_request(
+    body: bytes, headers: Mapping[str, str], image_size: int, max_bytes: int
+) -> tuple[oip.InferRequest, np.ndarray, list[tuple[str, bool]]]:
+    body = oip.decompress_body(body, headers.get("content-encoding"), max_bytes)
+    infer_request, binary = oip.parse_infer_request(body, headers.get(oip.HEADER_LENGTH))
+    _check_images_input(infer_request, image_size)
+    chosen = oip.requested_outputs(infer_request, list(OUTPUT_NAMES))
+    images = oip.decode_input_tensors(infer_request, binary)[INPUT_NAME]
+    return infer_request, images, chosen
+
+
+def _v2_routers(state: ServiceState, guard: Callable[[Request], None]) -> list[APIRouter]:
+    """Health routes stay open (probes); metadata and inference sit behind the API key."""
+    settings = state.settings
+    open_router = APIRouter(prefix="/v2", tags=["open inference protocol"])
+    router = APIRouter(prefix="/v2", dependencies=[Depends(guard)], tags=["open inference protocol"])
+
+    @open_router.get("/health/live")
+    async def server_live() -> dict:
+        return {"live": True}
+
+    @open_router.get("/health/ready")
+    async def server_ready() -> dict:
+        state.require_ready()
+        return {"ready": True}
+
+    @router.get("", response_model=oip.ServerMetadata)
+    async def server_metadata() -> oip.ServerMetadata:
+        return oip.ServerMetadata(name=SERVER_NAME, version=osr.__version__,
+                                  extensions=[oip.BINARY_TENSOR_EXTENSION, "model_configuration"])
+
+    @router.get("/models/{model_name}", response_model=oip.ModelMetadata)
+    @router.get("/models/{model_name}/versions/{model_version}", response_model=oip.ModelMetadata)
+    async def model_metadata(model_name: str, model_version: str | None = None) -> oip.ModelMetadata:
+        return _model_metadata(_served_model(state, model_name, model_version))
+
+    @router.get("/models/{model_name}/ready")
+    @router.get("/models/{model_name}/versions/{model_version}/ready")
+    async def model_ready(model_name: str, model_version: str | None = None) -> dict:
+        predictor = _served_model(state, model_name, model_version)
+        return {"name": predictor.name, "ready": True}
+
+    @router.get("/models/{model_name}/config")
+    @router.get("/models/{model_name}/versions/{model_version}/config")
+    async def model_config(model_name: str, model_version: str | None = None) -> dict:
+        return _model_config(_served_model(state, model_name, model_version), settings.max_batch)
+
+    @router.post("/models/{model_name}/infer", response_model=oip.InferResponse)
+    @router.post("/models/{model_name}/versions/{model_version}/infer", response_model=oip.InferResponse)
+    async def infer(model_name: str, request: Request, model_version: str | None = None) -> Response:
+        predictor = _served_model(state, model_name, model_version)
+        _, batcher = state.require_ready()
+        body = await request.body()
+        # JSON parsing and tensor decoding are CPU work: off the event loop
+        infer_request, images, chosen = await run_in_threadpool(
+            _decode_infer_request, body, request.headers, predictor.image_size, settings.max_body_bytes)
+        outputs = await batcher.infer(images)
+        content, header_length = await run_in_threadpool(
+            oip.encode_infer_response, predictor.name, str(predictor.version), infer_request.id, outputs, chosen)
+        if header_length is None:
+            return Response(content, media_type="application/json")
+        return Response(content, media_type="application/octet-stream",
+                        headers={oip.HEADER_LENGTH: str(header_length)})
+
+    return [open_router, router]
+
+
+# -- health and metrics ---------------------------------------------------------------------------
+
+def _ops_router(state: ServiceState) -> APIRouter:
+    router = APIRouter(tags=["operations"])
+
+    @router.get("/healthz")
+    async def healthz() -> dict:
+        return {"status": "ok"}
+
+    @router.get("/readyz")
+    async def readyz() -> dict:
+        predictor, _ = state.require_ready()
+        return {"status": "ready", "model": predictor.name, "version": predictor.version}
+
+    @router.get("/metrics")
+    async def metrics() -> Response:
+        content, media_type = state.metrics.exposition()
+        return Response(content, media_type=media_type)
+
+    return router
+
+
+# -- factory --------------------------------------------------------------------------------------
+
+def create_app(settings: Settings | None = None, *, predictor_factory: PredictorFactory | None = None) -> FastAPI:
+    """The service. The model loads in the background after startup; /readyz says when it is ready.
+
+    ``predictor_factory`` (tests) replaces loading from ``settings.model_repository``.
+    """
+    settings = settings or Settings()
+    state = ServiceState(settings)
+    factory = predictor_factory or default_predictor_factory(settings)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        loader = asyncio.create_task(_load_model(state, factory))
+        try:
+            yield
+        finally:
+            state.ready = False
+            loader.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await loader
+            if state.batcher is not None:
+                await run_in_threadpool(state.batcher.close)  # finishes queued requests first
+            if state.predictor is not None:
+                state.predictor.close()
+
+    app = FastAPI(title="osr-serve", version=osr.__version__, lifespan=lifespan,
+                  description="Open-set image recognition: a known class or 'unknown', with a conformal p-value.")
+    app.state.service = state
+    guard = _api_key_guard(settings)
+    routers = [_ops_router(state), _v1_router(state, guard), *_v2_routers(state, guard)]
+    for router in routers:
+        app.include_router(router)
+    routes = [route for router in routers for route in router.routes]
+    _install_error_handlers(app)
+    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
+    # outermost, so the body limit's 413s are counted too
+    app.add_middleware(MetricsMiddleware, metrics=state.metrics, routes=lambda: routes)
+    return app
+
+
+def create_app_from_env() -> FastAPI:
+    """uvicorn factory (``osr.serve.app:create_app_from_env``): settings from the OSR_* environment."""
+    return create_app(Settings())

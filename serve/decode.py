@@ -1,0 +1,14 @@
+"""Decoding and resizing for serving: the shared implementation in ``osr.images``.
+
+Training decodes ImageFolder images with the same code, so served pixels equal evaluation pixels.
+"""
+
+from osr.images import (  # noqa: F401  (re-exported: the serving API)
+    DEFAULT_MAX_PIXELS,
+    RESIZE_RULE,
+    DecodeError,
+    decode_file,
+    decode_image,
+    decode_to_pil,
+    resize_for_model,
+)

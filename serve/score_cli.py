@@ -1,0 +1,522 @@
+"""osr-score: classify many image files with an exported model; one result row per file.
+
+Streams: paths are produced lazily (folders walked, globs expanded, list files read line by
+line), decoding runs in a thread pool ahead of the model, and rows are written and flushed after
+every batch, so memory stays flat and a killed run loses at most one batch (--resume).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import glob
+import json
+import os
+import queue
+import sys
+import tempfile
+import threading
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO
+
+import numpy as np
+
+from osr.export.manifest import ManifestError
+from osr.serve.decode import DEFAULT_MAX_PIXELS, DecodeError, decode_file
+from osr.serve.fdr import benjamini_hochberg
+from osr.serve.predictor import MODEL_REPOSITORY_ENV, Predictor, PredictorError
+from osr.serve.results import ROW_FIELDS, error_row
+
+EXIT_OK = 0
+EXIT_FAILURE = 1
+EXIT_USAGE = 2
+EXIT_SOME_FAILED = 3
+
+IMAGE_EXTENSIONS = frozenset({
+    ".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff",
+    ".ppm", ".pgm", ".pbm", ".pnm", ".ico",
+})
+FDR_COLUMN = "bh_unknown"
+_GLOB_CHARS = frozenset("*?[")
+_ENCODING = {"encoding": "utf-8", "errors": "surrogateescape"}  # file names need not be valid UTF-8
+
+DESCRIPTION = """\
+Classify image files with an exported osr model; write one row per file (JSONL or CSV, by the
+extension of --out): path, status, error, class_index (-1 = unknown), class_name, score, p_value,
+unknown, top_k.
+
+INPUT is a file, a folder (searched recursively for image extensions), a glob ('shots/**/*.jpg',
+quote it), or @LIST, a text file with one file or folder per line (@- reads standard input;
+relative paths are relative to the current folder). Files that do not decode become rows with
+status=error. Paths are streamed, never collected: a path given twice is scored twice.
+"""
+
+EPILOG = f"""\
+model: --model-repository defaults to ${MODEL_REPOSITORY_ENV}, else the model_repository/ folder
+bundled at the root of the osr source tree; the only model there and its newest version are used
+unless --model / --version say otherwise. With --triton-url the images go to a Triton server
+(model name and version from the manifest), the manifest is still read locally.
+
+--resume skips the paths already in --out (a torn last line from a killed run is removed first).
+Without --resume or --overwrite an existing --out is not touched.
+
+--fdr Q: after scoring, a second pass over --out adds the column {FDR_COLUMN}: true for files
+flagged unknown by Benjamini-Hochberg at false discovery rate Q over the p-values of all ok rows
+in the file (the expected share of known images among the flagged ones is at most Q). Error
+rows get an empty value. The file is rewritten atomically.
+
+exit status: 0 all files scored; 3 some rows in --out have status=error; 2 usage error (bad
+arguments, missing input, output exists, model repository that cannot be loaded); 1 the backend
+failed (what was written so far is kept; rerun with --resume); 130 interrupted.
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="osr-score", description=DESCRIPTION, epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("inputs", nargs="+", metavar="INPUT", help="file, folder, glob or @list.txt")
+    parser.add_argument("--out", required=True, type=Path, help="results.jsonl or results.csv")
+    parser.add_argument("--model-repository", type=Path, default=None, metavar="DIR")
+    parser.add_argument("--model", default=None, metavar="NAME")
+    parser.add_argument("--version", type=_positive_int, default=None, metavar="N")
+    parser.add_argument("--batch-size", type=_positive_int, default=64, metavar="N")
+    parser.add_argument("--top-k", type=_non_negative_int, default=5, metavar="K")
+    parser.add_argument("--resume", action="store_true", help="skip paths already in --out")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+    parser.add_argument("--fdr", type=_fdr_level, default=None, metavar="Q",
+                        help=f"add column {FDR_COLUMN} (Benjamini-Hochberg at level Q)")
+    parser.add_argument("--triton-url", default=None, metavar="URL", help="use a Triton server, e.g. localhost:8000")
+    parser.add_argument("--triton-protocol", choices=("http", "grpc"), default="http")
+    parser.add_argument("--threads", type=_positive_int, default=None, metavar="N", help="onnxruntime intra-op threads")
+    parser.add_argument("--workers", type=_positive_int, default=min(4, os.cpu_count() or 1), metavar="N",
+                        help="decoding threads (default: min(4, CPUs))")
+    parser.add_argument("--max-pixels", type=_positive_int, default=DEFAULT_MAX_PIXELS, metavar="N",
+                        help="refuse images with more pixels (default %(default)s)")
+    return parser
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
+    return value
+
+
+def _non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {text}")
+    return value
+
+
+def _fdr_level(text: str) -> float:
+    value = float(text)
+    if not 0.0 < value < 1.0:
+        raise argparse.ArgumentTypeError(f"must be between 0 and 1, got {text}")
+    return value
+
+
+# -- inputs ----------------------------------------------------------------------------------------
+
+def iter_input_paths(inputs: Iterable[str]) -> Iterator[str]:
+    """Expand INPUT arguments lazily into file paths, in argument order."""
+    for item in inputs:
+        if item.startswith("@"):
+            yield from _iter_list_file(item[1:])
+        elif os.path.isdir(item):
+            yield from _walk_images(item)
+        elif not os.path.exists(item) and _GLOB_CHARS & set(item):
+            for match in glob.iglob(item, recursive=True):
+                if os.path.isdir(match):
+                    yield from _walk_images(match)
+                else:
+                    yield match
+        else:
+            yield item
+
+
+def _iter_list_file(name: str) -> Iterator[str]:
+    stream = sys.stdin if name == "-" else open(name, **_ENCODING)
+    try:
+        for line in stream:
+            path = line.rstrip("\r\n")
+            if not path.strip():
+                continue
+            if os.path.isdir(path):
+                yield from _walk_images(path)
+            else:
+                yield path
+    finally:
+        if stream is not sys.stdin:
+            stream.close()
+
+
+def _walk_images(folder: str) -> Iterator[str]:
+    for root, dirnames, filenames in os.walk(folder):
+        dirnames.sort()
+        for filename in sorted(filenames):
+            if os.path.splitext(filename)[1].lower() in IMAGE_EXTENSIONS:
+                yield os.path.join(root, filename)
+
+
+def _check_inputs(inputs: list[str]) -> str | None:
+    for item in inputs:
+        if item.startswith("@"):
+            if item != "@-" and (not os.path.exists(item[1:]) or os.path.isdir(item[1:])):
+                return f"list file not found: {item[1:]}"
+        elif not os.path.exists(item) and not _GLOB_CHARS & set(item):
+            return f"input not found: {item}"
+    return None
+
+
+# -- output ----------------------------------------------------------------------------------------
+
+def output_format(path: Path) -> str:
+    suffix = path.suffix.lower()
+    if suffix in (".jsonl", ".ndjson"):
+        return "jsonl"
+    if suffix == ".csv":
+        return "csv"
+    raise ValueError(f"--out must end in .jsonl, .ndjson or .csv, got {path.name!r}")
+
+
+def remove_torn_last_line(path: Path) -> bool:
+    """Truncate a file that does not end in a newline back to its last complete line."""
+    with open(path, "rb+") as handle:
+        end = handle.seek(0, os.SEEK_END)
+        if end == 0:
+            return False
+        handle.seek(end - 1)
+        if handle.read(1) == b"\n":
+            return False
+        position = end
+        while position > 0:
+            start = max(0, position - 65536)
+            handle.seek(start)
+            chunk = handle.read(position - start)
+            newline = chunk.rfind(b"\n")
+            if newline >= 0:
+                handle.truncate(start + newline + 1)
+                return True
+            position = start
+        handle.truncate(0)
+        return True
+
+
+def iter_output_rows(path: Path, fmt: str) -> Iterator[dict]:
+    """Rows of an existing output file (CSV values stay strings)."""
+    with open(path, newline="" if fmt == "csv" else None, **_ENCODING) as handle:
+        if fmt == "csv":
+            yield from csv.DictReader(handle)
+            return
+        for number, line in enumerate(handle, 1):
+            if line.strip():
+                try:
+                    yield json.loads(line)
+                except json.JSONDecodeError as exc:
+                    raise ValueError(f"{path}:{number}: not a JSON line ({exc})") from exc
+
+
+def _csv_header(path: Path) -> list[str] | None:
+    with open(path, newline="", **_ENCODING) as handle:
+        return next(csv.reader(handle), None)
+
+
+class RowWriter:
+    """Appends rows to JSONL or CSV and flushes after each write."""
+
+    def __init__(self, path: Path, fmt: str, fieldnames: list[str] | None = None):
+        self.format = fmt
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fresh = not path.exists() or path.stat().st_size == 0
+        self._handle: IO[str] = open(path, "a", newline="" if fmt == "csv" else None, **_ENCODING)
+        if fmt == "csv":
+            self.fieldnames = fieldnames or list(ROW_FIELDS)
+            self._csv = csv.DictWriter(self._handle, self.fieldnames, restval="", extrasaction="ignore",
+                                       lineterminator="\n")
+            if fresh:
+                self._csv.writeheader()
+
+    def write(self, rows: list[dict]) -> None:
+        if self.format == "csv":
+            self._csv.writerows(_csv_cells(row) for row in rows)
+        else:
+            self._handle.write("".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows))
+        self._handle.flush()
+
+    def write_cells(self, rows: list[dict]) -> None:
+        """CSV rows that are text already (read back from a CSV file)."""
+        self._csv.writerows(rows)
+        self._handle.flush()
+
+    def close(self) -> None:
+        self._handle.close()
+
+
+def _csv_cells(row: dict) -> dict:
+    cells = {}
+    for key, value in row.items():
+        if value is None:
+            cells[key] = ""
+        elif key == "top_k":
+            cells[key] = json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+        else:
+            cells[key] = value
+    return cells
+
+
+@dataclass
+class Counts:
+    ok: int = 0
+    errors: int = 0
+    unknown: int = 0
+
+    def add(self, row: dict) -> None:
+        if row.get("status") == "ok":
+            self.ok += 1
+            if row.get("unknown") in (True, "True", "true"):
+                self.unknown += 1
+        else:
+            self.errors += 1
+
+
+def read_previous(path: Path, fmt: str) -> tuple[set[str], Counts]:
+    """Paths already scored in --out (after removing a torn last line) and their counts."""
+    if remove_torn_last_line(path):
+        print(f"osr-score: removed an incomplete last line from {path}", file=sys.stderr)
+    done: set[str] = set()
+    counts = Counts()
+    for row in iter_output_rows(path, fmt):
+        done.add(row["path"])
+        counts.add(row)
+    return done, counts
+
+
+# -- scoring pipeline ------------------------------------------------------------------------------
+
+_END = object()
+
+
+def _load(path: str, predictor: Predictor) -> np.ndarray | dict:
+    """Decode + resize one file in a worker thread; failures come back as error rows."""
+    try:
+        return predictor.preprocess(decode_file(path, predictor.max_pixels))
+    except DecodeError as exc:
+        return error_row(path, str(exc))
+    except Exception as exc:  # one odd file must never stop a million-file run
+        return error_row(path, f"cannot decode: {type(exc).__name__}: {exc}")
+
+
+def score_paths(
+    predictor: Predictor,
+    paths: Iterable[str],
+    write: Callable[[list[dict]], None],
+    *,
+    batch_size: int = 64,
+    top_k: int = 5,
+    workers: int = 4,
+    progress: object | None = None,
+) -> Counts:
+    """Decode ``paths`` in ``workers`` threads ahead of the model; ``write(rows)`` once per batch.
+
+    A bounded queue of decode futures (2 batches deep) keeps memory flat. A batch is cut when it
+    is full or when no further decoded input is queued, so a slow input stream (a pipe) still
+    gets its rows written promptly.
+    """
+    pending: queue.Queue = queue.Queue(maxsize=2 * batch_size)
+    counts = Counts()
+    stop = threading.Event()
+    executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="osr-decode")
+
+    def put(item: object) -> bool:
+        while not stop.is_set():  # never block forever once the consumer has gone
+            try:
+                pending.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def produce() -> None:
+        try:
+            for path in paths:
+                if not put((path, executor.submit(_load, path, predictor))):
+                    return
+        except BaseException as exc:  # reported by the consumer
+            put(exc)
+        finally:
+            put(_END)
+
+    producer = threading.Thread(target=produce, name="osr-paths", daemon=True)
+    producer.start()
+    finished = False
+    try:
+        while not finished:
+            item = pending.get()
+            batch: list[tuple[str, Future]] = []
+            while True:
+                if item is _END:
+                    finished = True
+                    break
+                if isinstance(item, BaseException):
+                    raise item
+                batch.append(item)
+                if len(batch) >= batch_size:
+                    break
+                try:
+                    item = pending.get_nowait()
+                except queue.Empty:
+                    break
+            if batch:
+                rows = _score_batch(predictor, batch, top_k)
+                write(rows)
+                for row in rows:
+                    counts.add(row)
+                if progress is not None:
+                    progress.update(len(rows))
+    finally:
+        stop.set()
+        executor.shutdown(wait=False, cancel_futures=True)
+    return counts
+
+
+def _score_batch(predictor: Predictor, batch: list[tuple[str, Future]], top_k: int) -> list[dict]:
+    rows: list[dict | None] = []
+    positions, names, arrays = [], [], []
+    for path, future in batch:
+        loaded = future.result()
+        if isinstance(loaded, dict):
+            rows.append(loaded)
+        else:
+            positions.append(len(rows))
+            names.append(path)
+            arrays.append(loaded)
+            rows.append(None)
+    if arrays:
+        for position, row in zip(positions, predictor.predict_batch(np.stack(arrays), names, top_k)):
+            rows[position] = row
+    return rows  # type: ignore[return-value]
+
+
+# -- FDR pass --------------------------------------------------------------------------------------
+
+def add_fdr_column(path: Path, fmt: str, q: float) -> tuple[int, int]:
+    """Second pass: write column bh_unknown (BH at level q over all ok rows). Returns (flagged, tested)."""
+    p_values = np.fromiter(
+        (float(row["p_value"]) for row in iter_output_rows(path, fmt) if row.get("status") == "ok"),
+        dtype=np.float64,
+    )
+    flagged = benjamini_hochberg(p_values, q) if p_values.size else np.zeros(0, bool)
+    handle, temp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(handle)
+    temp = Path(temp_name)
+    try:
+        fieldnames = None
+        if fmt == "csv":
+            header = _csv_header(path) or list(ROW_FIELDS)
+            fieldnames = header + ([FDR_COLUMN] if FDR_COLUMN not in header else [])
+        writer = RowWriter(temp, fmt, fieldnames)
+        write = writer.write_cells if fmt == "csv" else writer.write
+        index = 0
+        buffer: list[dict] = []
+        for row in iter_output_rows(path, fmt):
+            if row.get("status") == "ok":
+                row[FDR_COLUMN] = bool(flagged[index])
+                index += 1
+            else:
+                row[FDR_COLUMN] = None
+            if fmt == "csv":
+                row[FDR_COLUMN] = "" if row[FDR_COLUMN] is None else str(row[FDR_COLUMN])
+            buffer.append(row)
+            if len(buffer) >= 1024:
+                write(buffer)
+                buffer.clear()
+        write(buffer)
+        writer.close()
+        os.replace(temp, path)
+    except BaseException:
+        temp.unlink(missing_ok=True)
+        raise
+    return int(flagged.sum()), int(p_values.size)
+
+
+# -- main ------------------------------------------------------------------------------------------
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        fmt = output_format(args.out)
+    except ValueError as exc:
+        parser.error(str(exc))
+    problem = _check_inputs(args.inputs)
+    if problem:
+        parser.error(problem)
+    if args.out.exists() and not (args.resume or args.overwrite):
+        parser.error(f"{args.out} exists; pass --resume to continue it or --overwrite to replace it")
+    if args.resume and args.overwrite:
+        parser.error("--resume and --overwrite exclude each other")
+
+    try:
+        predictor = Predictor.from_repository(
+            args.model_repository, args.model, args.version,
+            triton_url=args.triton_url, triton_protocol=args.triton_protocol,
+            threads=args.threads, max_pixels=args.max_pixels,
+        )
+    except (ManifestError, PredictorError) as exc:
+        print(f"osr-score: error: cannot load the model: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+
+    done: set[str] = set()
+    previous = Counts()
+    fieldnames = None
+    if args.out.exists() and args.resume:
+        try:
+            done, previous = read_previous(args.out, fmt)
+        except (ValueError, KeyError) as exc:
+            print(f"osr-score: error: cannot resume from {args.out}: {exc}", file=sys.stderr)
+            return EXIT_USAGE
+        if fmt == "csv" and args.out.stat().st_size:
+            fieldnames = _csv_header(args.out)
+    elif args.out.exists():
+        args.out.unlink()
+
+    from tqdm import tqdm
+
+    paths = (path for path in iter_input_paths(args.inputs) if path not in done)
+    writer = RowWriter(args.out, fmt, fieldnames)
+    progress = tqdm(unit="img", desc="osr-score", initial=0, disable=None, file=sys.stderr)
+    try:
+        with predictor:
+            counts = score_paths(
+                predictor, paths, writer.write, batch_size=args.batch_size, top_k=args.top_k,
+                workers=args.workers, progress=progress,
+            )
+    except KeyboardInterrupt:
+        print(f"\nosr-score: interrupted; rows so far are in {args.out} (continue with --resume)", file=sys.stderr)
+        return 130
+    except Exception as exc:
+        print(f"osr-score: error: {type(exc).__name__}: {exc}\nrows so far are in {args.out}; "
+              "continue with --resume", file=sys.stderr)
+        return EXIT_FAILURE
+    finally:
+        progress.close()
+        writer.close()
+
+    summary = (f"osr-score: {counts.ok} scored ({counts.unknown} unknown), {counts.errors} failed"
+               + (f", {len(done)} already in {args.out}" if done else "") + f" -> {args.out}")
+    print(summary, file=sys.stderr)
+    if args.fdr is not None:
+        flagged, tested = add_fdr_column(args.out, fmt, args.fdr)
+        print(f"osr-score: Benjamini-Hochberg at q={args.fdr}: {flagged} of {tested} flagged unknown "
+              f"(column {FDR_COLUMN})", file=sys.stderr)
+    return EXIT_SOME_FAILED if counts.errors + previous.errors else EXIT_OK
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,111 @@
+"""``osr-serve``: run the HTTP service with uvicorn.
+
+Flags override the OSR_* environment (see settings.py). The settings, the repository, the manifest
+and the model file's sha256 are checked before uvicorn starts: a bad setup exits with status 2 and
+a message that says what is wrong. Workers rebuild the same settings from OSR_* variables that this
+process exports. On SIGTERM uvicorn stops accepting connections and lets in-flight requests finish
+(up to --graceful-shutdown-s); queued batches are run before the batcher stops.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import sys
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+
+from pydantic import ValidationError
+
+from osr.export.manifest import ManifestError, load_manifest, resolve_version_dir
+from osr.serve.metrics import MULTIPROC_ENV
+from osr.serve.settings import Settings
+
+APP_FACTORY = "osr.serve.app:create_app_from_env"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="osr-serve",
+        description="Serve an exported osr model over HTTP: /v1/classify, Open Inference Protocol v2 (/v2), "
+                    "/healthz, /readyz, /metrics, /docs. Every flag can also be set as an OSR_<NAME> "
+                    "environment variable (e.g. OSR_MODEL_REPOSITORY, OSR_API_KEY).",
+    )
+    add = parser.add_argument
+    add("--model-repository", type=Path, help="model repository written by osr-export (default: bundled)")
+    add("--model", help="model name (default: the only model in the repository)")
+    add("--version", type=int, help="model version (default: the newest)")
+    add("--triton-url", help="run inference on this Triton server (host:port) instead of in-process")
+    add("--triton-protocol", choices=["http", "grpc"])
+    add("--threads", type=int, help="onnxruntime intra-op threads")
+    add("--host", help="bind address (default 127.0.0.1)")
+    add("--port", type=int, help="port (default 8000)")
+    add("--workers", type=int, help="uvicorn worker processes (default 1)")
+    add("--graceful-shutdown-s", type=float, help="seconds in-flight requests get after SIGTERM (default 30)")
+    add("--log-level", choices=["critical", "error", "warning", "info", "debug", "trace"])
+    add("--max-body-bytes", type=int, help="largest request body (default 20 MiB)")
+    add("--max-pixels", type=int, help="largest decoded image in pixels (default 40000000)")
+    add("--max-files", type=int, help="most files per /v1/classify request (default 64)")
+    add("--default-top-k", type=int, help="classes listed per image when the request does not say (default 5)")
+    add("--max-batch", type=int, help="dynamic batching: most images per inference call (default 32)")
+    add("--max-wait-ms", type=float, help="dynamic batching: longest wait for more requests (default 2)")
+    add("--api-key-file", type=Path,
+        help="file holding the API key (or set OSR_API_KEY; a key on the command line would show in ps)")
+    return parser
+
+
+def load_settings(argv: Sequence[str] | None = None) -> Settings:
+    """Environment first, then the flags that were given. Raises ValidationError / OSError."""
+    args = vars(build_parser().parse_args(argv))
+    key_file = args.pop("api_key_file")
+    overrides = {name: value for name, value in args.items() if value is not None}
+    if key_file is not None:
+        overrides["api_key"] = key_file.read_text().strip()
+    return Settings(**overrides)
+
+
+def check_model(settings: Settings) -> str:
+    """Resolve the version folder and verify its manifest and sha256, as serving will. Raises ManifestError."""
+    version_dir = resolve_version_dir(settings.model_repository, settings.model, settings.version)
+    manifest = load_manifest(version_dir)
+    return f"{manifest['name']} version {manifest['version']} ({version_dir})"
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    try:
+        settings = load_settings(argv)
+        description = check_model(settings)
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'settings'}: {e['msg']}" for e in exc.errors())
+        _fail(f"invalid settings: {problems}")
+    except (ManifestError, OSError) as exc:
+        _fail(f"cannot serve: {exc}")
+
+    import uvicorn  # after the checks, so a bad setup fails fast and cheaply
+
+    os.environ.update(settings.to_env())  # worker processes rebuild exactly these settings
+    metrics_dir = None
+    if settings.workers > 1 and not os.environ.get(MULTIPROC_ENV):
+        # several processes: prometheus-client's multiprocess mode, one fresh folder per run
+        metrics_dir = tempfile.mkdtemp(prefix="osr-serve-metrics-")
+        os.environ[MULTIPROC_ENV] = metrics_dir
+    print(f"osr-serve: serving {description} on http://{settings.host}:{settings.port}", file=sys.stderr)
+    try:
+        uvicorn.run(
+            APP_FACTORY, factory=True, host=settings.host, port=settings.port, workers=settings.workers,
+            log_level=settings.log_level, timeout_graceful_shutdown=settings.graceful_shutdown_s,
+        )
+    finally:
+        if metrics_dir is not None:
+            shutil.rmtree(metrics_dir, ignore_errors=True)
+
+
+def _fail(message: str) -> None:
+    print(f"osr-serve: {message}", file=sys.stderr)
+    sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

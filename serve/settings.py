@@ -1,0 +1,73 @@
+"""osr-serve settings: environment variables with the ``OSR_`` prefix; CLI flags (server.py) override them.
+
+Invalid values fail at construction (pydantic ValidationError) so the server never starts half-configured.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from osr.serve.predictor import default_model_repository
+
+MIB = 1024 * 1024
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="OSR_", env_ignore_empty=True, extra="ignore")
+
+    model_repository: Path = Field(
+        default_factory=default_model_repository,
+        description="model repository written by osr-export (default: the bundled model_repository/)",
+    )
+    model: str | None = Field(None, description="model name in the repository (default: the only model)")
+    version: int | None = Field(None, ge=1, description="model version (default: the newest)")
+    triton_url: str | None = Field(None, description="run inference on this Triton server instead of in-process")
+    triton_protocol: Literal["http", "grpc"] = "http"
+    threads: int | None = Field(None, ge=1, description="onnxruntime intra-op threads (default: onnxruntime's)")
+
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=0, le=65535)
+    workers: int = Field(1, ge=1, le=64)
+    graceful_shutdown_s: float = Field(30.0, ge=0, description="time in-flight requests get after SIGTERM")
+    log_level: Literal["critical", "error", "warning", "info", "debug", "trace"] = "info"
+
+    max_body_bytes: int = Field(20 * MIB, ge=1, description="largest request body, multipart or OIP")
+    max_pixels: int = Field(40_000_000, ge=1, description="largest decoded image, width x height")
+    max_files: int = Field(64, ge=1, description="most files in one /v1/classify request")
+    default_top_k: int = Field(5, ge=0, description="top_k of /v1/classify when the query does not say")
+    api_key: SecretStr | None = Field(None, description="when set, /v1 and /v2 model routes need this key")
+
+    max_batch: int = Field(32, ge=1, description="dynamic batching: most images in one inference call")
+    max_wait_ms: float = Field(2.0, ge=0, description="dynamic batching: longest wait for more requests")
+
+    @field_validator("model_repository")
+    @classmethod
+    def _repository_exists(cls, value: Path) -> Path:
+        value = value.expanduser()
+        if not value.is_dir():
+            raise ValueError(
+                f"model repository {value} does not exist or is not a folder "
+                "(set OSR_MODEL_REPOSITORY or --model-repository to a folder written by osr-export)"
+            )
+        return value.resolve()
+
+    @field_validator("triton_url", "model", "api_key", mode="before")
+    @classmethod
+    def _blank_is_none(cls, value: object) -> object:
+        return None if isinstance(value, str) and not value.strip() else value
+
+    def to_env(self) -> dict[str, str]:
+        """The settings as OSR_* variables, so uvicorn worker processes rebuild exactly these settings."""
+        env = {}
+        for name in type(self).model_fields:
+            value = getattr(self, name)
+            if value is None:
+                continue
+            if isinstance(value, SecretStr):
+                value = value.get_secret_value()
+            env[f"OSR_{name.upper()}"] = str(value)
+        return env

@@ -1,0 +1,168 @@
+"""Dynamic batching: concurrent requests share inference calls, each gets its own rows back."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+
+from osr.serve.app import create_app
+from osr.serve.batcher import BatcherClosed, DynamicBatcher
+from osr.serve.predictor import Predictor
+from osr.serve.settings import Settings
+
+
+class FakeModel:
+    """Counts calls; every output row is a function of its own image, so mix-ups show."""
+
+    def __init__(self, fail_when_sum_is: int | None = None, delay_s: float = 0.0) -> None:
+        self.calls: list[int] = []
+        self.fail_when_sum_is = fail_when_sum_is
+        self.delay_s = delay_s
+        self.lock = threading.Lock()
+
+    def run(self, images: np.ndarray) -> dict[str, np.ndarray]:
+        with self.lock:
+            self.calls.append(images.shape[0])
+        time.sleep(self.delay_s)
+        ids = images.reshape(images.shape[0], -1)[:, 0].astype(np.int64)
+        if self.fail_when_sum_is is not None and self.fail_when_sum_is in ids:
+            raise RuntimeError("model exploded")
+        return {"label": ids, "score": ids.astype(np.float32) / 2, "p_value": np.full(len(ids), 0.5, np.float32),
+                "logits": np.stack([ids, -ids], axis=1).astype(np.float32)}
+
+
+def images_with_ids(*ids: int) -> np.ndarray:
+    batch = np.zeros((len(ids), 2, 2, 3), np.uint8)
+    batch[:, 0, 0, 0] = ids
+    return batch
+
+
+def test_queued_requests_share_one_call_and_get_their_own_rows() -> None:
+    model = FakeModel()
+    batcher = DynamicBatcher(model.run, max_batch=32, max_wait_ms=300)
+    try:
+        futures = [batcher.submit(images_with_ids(10 * i, 10 * i + 1)) for i in range(5)]
+        results = [f.result(timeout=10) for f in futures]
+    finally:
+        batcher.close()
+    assert model.calls == [10]
+    for i, outputs in enumerate(results):
+        np.testing.assert_array_equal(outputs["label"], [10 * i, 10 * i + 1])
+        np.testing.assert_array_equal(outputs["logits"], [[10 * i, -10 * i], [10 * i + 1, -10 * i - 1]])
+
+
+def test_max_batch_is_respected_and_requests_are_not_split() -> None:
+    model = FakeModel()
+    batcher = DynamicBatcher(model.run, max_batch=4, max_wait_ms=200)
+    try:
+        futures = [batcher.submit(images_with_ids(i)) for i in range(5)]
+        futures.append(batcher.submit(images_with_ids(50, 51, 52)))  # does not fit after 1 image: next batch
+        futures.append(batcher.submit(images_with_ids(*range(60, 66))))  # larger than max_batch: alone, whole
+        results = [f.result(timeout=10) for f in futures]
+    finally:
+        batcher.close()
+    assert model.calls == [4, 4, 6]
+    assert [list(r["label"]) for r in results] == [[0], [1], [2], [3], [4], [50, 51, 52], list(range(60, 66))]
+
+
+def test_a_lone_request_waits_at_most_max_wait() -> None:
+    model = FakeModel()
+    batcher = DynamicBatcher(model.run, max_batch=32, max_wait_ms=50)
+    try:
+        start = time.perf_counter()
+        batcher.submit(images_with_ids(1)).result(timeout=10)
+        elapsed = time.perf_counter() - start
+    finally:
+        batcher.close()
+    assert 0.04 < elapsed < 2.0
+    assert model.calls == [1]
+
+
+def test_an_error_reaches_every_request_of_the_batch_and_the_batcher_survives() -> None:
+    model = FakeModel(fail_when_sum_is=7)
+    batcher = DynamicBatcher(model.run, max_batch=8, max_wait_ms=200)
+    try:
+        futures = [batcher.submit(images_with_ids(i)) for i in (1, 7, 3)]
+        for future in futures:
+            with pytest.raises(RuntimeError, match="model exploded"):
+                future.result(timeout=10)
+        assert list(batcher.submit(images_with_ids(4)).result(timeout=10)["label"]) == [4]
+    finally:
+        batcher.close()
+
+
+def test_close_finishes_queued_requests_then_refuses_new_ones() -> None:
+    model = FakeModel(delay_s=0.05)
+    batcher = DynamicBatcher(model.run, max_batch=2, max_wait_ms=0)
+    futures = [batcher.submit(images_with_ids(i)) for i in range(6)]
+    batcher.close()
+    assert [int(f.result(timeout=0)["label"][0]) for f in futures] == list(range(6))
+    with pytest.raises(BatcherClosed):
+        batcher.submit(images_with_ids(1))
+
+
+def test_observer_sees_every_batch() -> None:
+    seen: list[int] = []
+    batcher = DynamicBatcher(FakeModel().run, max_batch=8, max_wait_ms=200,
+                             on_batch=lambda outputs, seconds: seen.append(len(outputs["label"])))
+    try:
+        futures = [batcher.submit(images_with_ids(i, i)) for i in range(3)]
+        [f.result(timeout=10) for f in futures]
+    finally:
+        batcher.close()
+    assert seen == [6]
+
+
+def test_empty_request_is_refused() -> None:
+    batcher = DynamicBatcher(FakeModel().run)
+    try:
+        with pytest.raises(ValueError, match="at least one image"):
+            batcher.submit(np.zeros((0, 2, 2, 3), np.uint8))
+    finally:
+        batcher.close()
+
+
+def test_concurrent_http_requests_are_gathered_into_one_predictor_call(tiny_model_repository: Path) -> None:
+    """Eight concurrent OIP requests -> one predictor.run call (warm-up aside), same answers as alone."""
+    calls: list[int] = []
+
+    class CountingPredictor(Predictor):
+        def run(self, batch: np.ndarray) -> dict[str, np.ndarray]:
+            calls.append(batch.shape[0])
+            return super().run(batch)
+
+    settings = Settings(model_repository=tiny_model_repository, max_batch=32, max_wait_ms=500)
+    app = create_app(settings, predictor_factory=lambda: CountingPredictor.from_repository(tiny_model_repository))
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (8, 32, 32, 3), dtype=np.uint8)
+    expected = Predictor.from_repository(tiny_model_repository).run(images)
+
+    def request(i: int) -> dict:
+        return {"inputs": [{"name": "images", "shape": [1, 32, 32, 3], "datatype": "UINT8",
+                            "data": images[i].reshape(-1).tolist()}],
+                "outputs": [{"name": "label"}, {"name": "score"}]}
+
+    async def scenario() -> list[httpx.Response]:
+        async with app.router.lifespan_context(app):
+            transport = httpx.ASGITransport(app=app)
+            async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+                for _ in range(500):
+                    if (await client.get("/readyz")).status_code == 200:
+                        break
+                    await asyncio.sleep(0.02)
+                return await asyncio.gather(*(client.post("/v2/models/tiny/infer", json=request(i))
+                                              for i in range(8)))
+
+    responses = asyncio.run(scenario())
+    assert calls == [1, 8]  # the warm-up batch, then every request in one call
+    for i, response in enumerate(responses):
+        assert response.status_code == 200, response.text
+        outputs = {o["name"]: o["data"] for o in response.json()["outputs"]}
+        assert outputs["label"] == [int(expected["label"][i])]
+        assert outputs["score"] == [float(expected["score"][i])]
