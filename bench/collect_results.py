@@ -1,0 +1,89 @@
+"""Collect per-run metrics.json files under bench/results/ into a table (mean ± std over
+seeds/splits per group and method) and a plot of AUROC against accuracy.
+
+    python bench/collect_results.py            # prints Markdown, writes bench/results/summary.json
+    python bench/collect_results.py --plot docs/auroc_vs_accuracy.png
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+from collections import defaultdict
+from pathlib import Path
+
+RESULTS = Path(__file__).parent / "results"
+COLUMNS = [("accuracy", "acc"), ("auroc", "AUROC"), ("oscr", "OSCR"), ("fpr_at_95tpr", "FPR@95TPR"),
+           ("mean_max_logit_known", "max-logit known"), ("mean_max_logit_unknown", "max-logit unknown")]
+
+
+def method_label(cfg: dict) -> str:
+    label = cfg["method"].upper() if cfg["method"] != "ce" else "CE"
+    if cfg["mix"] != "none":
+        label += f"+{'CutMix' if cfg['mix'] == 'cutmix' else 'Mixup'}"
+    if cfg["method"] == "ad" and cfg["smoothing_r"] != 0.75:
+        label += f" (r={cfg['smoothing_r']:g})"
+    return f"{label} [{cfg['arch']} w{cfg['width']:g}]"
+
+
+def collect(root: Path = RESULTS) -> dict:
+    groups: dict = defaultdict(lambda: defaultdict(list))
+    for path in sorted(root.glob("*/*/metrics.json")):
+        run = json.loads(path.read_text())
+        if run["epoch"] != run["config"]["epochs"]:
+            continue  # unfinished
+        groups[path.parent.parent.name][method_label(run["config"])].append(
+            {"run": path.parent.name, "seed": run["config"]["seed"], "split": run["config"]["split"], **run["metrics"]})
+    return groups
+
+
+def fmt(values: list[float]) -> str:
+    if len(values) == 1:
+        return f"{values[0]:.4f}"
+    return f"{statistics.mean(values):.4f} ± {statistics.stdev(values):.4f}"
+
+
+def markdown(groups: dict) -> str:
+    lines = []
+    for group, methods in groups.items():
+        lines += [f"### {group}", "", "| method | runs | " + " | ".join(c[1] for c in COLUMNS) + " |",
+                  "|---|---|" + "---|" * len(COLUMNS)]
+        for label, runs in methods.items():
+            cells = [fmt([r[k] for r in runs]) for k, _ in COLUMNS]
+            lines.append(f"| {label} | {len(runs)} | " + " | ".join(cells) + " |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def plot(groups: dict, out: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(groups), figsize=(6 * len(groups), 4.5), squeeze=False)
+    for ax, (group, methods) in zip(axes[0], groups.items()):
+        for label, runs in methods.items():
+            ax.scatter([r["accuracy"] for r in runs], [r["auroc"] for r in runs], label=label)
+        ax.set(xlabel="closed-set accuracy", ylabel="AUROC (known vs unknown)", title=group)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=110)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--plot", type=Path, default=None)
+    a = p.parse_args()
+    groups = collect()
+    (RESULTS / "summary.json").write_text(json.dumps(groups, indent=2))
+    print(markdown(groups))
+    if a.plot:
+        plot(groups, a.plot)
+
+
+if __name__ == "__main__":
+    main()
