@@ -121,26 +121,10 @@ def _plots(raw: dict, threshold: ConformalThreshold, report_dir: Path) -> list[t
     if unknown is not None:
         labels = np.concatenate([np.ones(len(known)), np.zeros(len(unknown))])
         fpr, tpr, _ = roc_curve(labels, np.concatenate([known, unknown]))
-        fig, ax = plt.subplots(figsize=(4.5, 4.5))
-        ax.plot(fpr, tpr)
-        ax.plot([0, 1], [0, 1], color="grey", linestyle=":")
-        ax.set_xlabel("unknown accepted (FPR)")
-        ax.set_ylabel("known accepted (TPR)")
-        ax.set_title("ROC, known = positive")
-        fig.tight_layout()
-        fig.savefig(report_dir / "roc.png", dpi=100)
-        plt.close(fig)
+        _curve(report_dir / "roc.png", fpr, tpr, "known accepted (TPR)", "ROC, known = positive", diagonal=True)
         figures.append(("ROC", "roc.png"))
-
         fpr, ccr = oscr_curve(known, raw["known_correct"], unknown)
-        fig, ax = plt.subplots(figsize=(4.5, 4.5))
-        ax.plot(fpr, ccr)
-        ax.set_xlabel("unknown accepted (FPR)")
-        ax.set_ylabel("correct classification rate (CCR)")
-        ax.set_title("OSCR curve")
-        fig.tight_layout()
-        fig.savefig(report_dir / "oscr.png", dpi=100)
-        plt.close(fig)
+        _curve(report_dir / "oscr.png", fpr, ccr, "correct classification rate (CCR)", "OSCR curve")
         figures.append(("CCR vs FPR (OSCR)", "oscr.png"))
     return figures
 
@@ -230,3 +214,19 @@ def write_report(
     (report_dir / "report.json").write_text(json.dumps(metrics, indent=2) + "\n", encoding="utf-8")
     (report_dir / "report.md").write_text(_markdown(metrics, figures), encoding="utf-8")
     return metrics
+
+
+def _curve(path: Path, x: np.ndarray, y: np.ndarray, ylabel: str, title: str, diagonal: bool = False) -> None:
+    """One curve against the share of unknown images accepted."""
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(4.5, 4.5))
+    ax.plot(x, y)
+    if diagonal:
+        ax.plot([0, 1], [0, 1], color="grey", linestyle=":")
+    ax.set_xlabel("unknown accepted (FPR)")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)

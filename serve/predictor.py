@@ -306,22 +306,23 @@ class Predictor:
 
     def classify_bytes(self, items: Iterable[tuple[str, bytes]], top_k: int = 5) -> list[dict]:
         """Encoded files -> rows in input order; a file that does not decode becomes an error row."""
-        rows: list[dict | None] = []
-        ok_positions: list[int] = []
-        ok_names: list[str] = []
-        ok_arrays: list[np.ndarray] = []
+        entries: list[tuple[str, np.ndarray | dict]] = []
         for name, data in items:
             try:
-                ok_arrays.append(self.preprocess(decode_to_pil(data, self.max_pixels)))
+                entries.append((name, self.preprocess(decode_to_pil(data, self.max_pixels))))
             except DecodeError as exc:
-                rows.append(error_row(name, str(exc)))
-                continue
-            ok_positions.append(len(rows))
-            ok_names.append(name)
-            rows.append(None)
-        if ok_arrays:
-            for position, row in zip(ok_positions, self.predict_batch(np.stack(ok_arrays), ok_names, top_k)):
-                rows[position] = row
+                entries.append((name, error_row(name, str(exc))))
+        return self.complete_rows(entries, top_k)
+
+    def complete_rows(self, entries: Sequence[tuple[str, np.ndarray | dict]], top_k: int = 5) -> list[dict]:
+        """Rows in input order for a mix of prepared [S, S, 3] images and ready-made (error) rows;
+        the images run as one batch."""
+        rows: list[dict | None] = [entry if isinstance(entry, dict) else None for _, entry in entries]
+        todo = [i for i, row in enumerate(rows) if row is None]
+        if todo:
+            batch = np.stack([entries[i][1] for i in todo])
+            for i, row in zip(todo, self.predict_batch(batch, [entries[i][0] for i in todo], top_k)):
+                rows[i] = row
         return rows  # type: ignore[return-value]
 
     def warmup(self) -> None:

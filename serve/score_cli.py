@@ -386,21 +386,8 @@ def score_paths(
 
 
 def _score_batch(predictor: Predictor, batch: list[tuple[str, Future]], top_k: int) -> list[dict]:
-    rows: list[dict | None] = []
-    positions, names, arrays = [], [], []
-    for path, future in batch:
-        loaded = future.result()
-        if isinstance(loaded, dict):
-            rows.append(loaded)
-        else:
-            positions.append(len(rows))
-            names.append(path)
-            arrays.append(loaded)
-            rows.append(None)
-    if arrays:
-        for position, row in zip(positions, predictor.predict_batch(np.stack(arrays), names, top_k)):
-            rows[position] = row
-    return rows  # type: ignore[return-value]
+    """A decoded image or an error row per path (from the decode pool) -> rows in input order."""
+    return predictor.complete_rows([(path, future.result()) for path, future in batch], top_k)
 
 
 # -- FDR pass --------------------------------------------------------------------------------------
