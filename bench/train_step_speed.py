@@ -22,10 +22,10 @@ from osr.train.models import build_model
 from osr.train.steps import Step
 
 
-def time_step(step: Step, model, x, y, mixed: bool, repeats: int, warmup: int = 3) -> list[float]:
+def make_runner(step: Step, model, x, y, mixed: bool):
     opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
-    times = []
-    for i in range(warmup + repeats):
+
+    def run() -> float:
         t0 = time.perf_counter()
         loss, _ = step(model, x, y, mixed)
         opt.zero_grad(set_to_none=True)
@@ -33,9 +33,9 @@ def time_step(step: Step, model, x, y, mixed: bool, repeats: int, warmup: int = 
         opt.step()
         if x.is_cuda:
             torch.cuda.synchronize()
-        if i >= warmup:
-            times.append(time.perf_counter() - t0)
-    return times
+        return time.perf_counter() - t0
+
+    return run
 
 
 def main() -> None:
@@ -62,14 +62,19 @@ def main() -> None:
         "ad_ordinary_step": (TrainConfig(method="ad", mix="cutmix", teacher="t"), False),
         "ad_mixed_step": (TrainConfig(method="ad", mix="cutmix", teacher="t"), True),
     }
-    results = {}
+    runners = {}
     for name, (cfg, mixed) in cases.items():
         torch.manual_seed(0)
         student = build_model(a.arch, a.classes, a.width).to(dev).train()
-        step = Step(cfg, a.classes, teacher if cfg.method != "ce" else None)
-        t = time_step(step, student, x, y, mixed, a.repeats)
-        results[name] = {"median_s": statistics.median(t), "min_s": min(t), "max_s": max(t),
-                         "images_per_second": a.batch_size / statistics.median(t)}
+        runners[name] = make_runner(Step(cfg, a.classes, teacher if cfg.method != "ce" else None), student, x, y, mixed)
+    times: dict[str, list[float]] = {name: [] for name in cases}
+    for i in range(3 + a.repeats):  # round robin, so load changes on a shared machine hit every case alike
+        for name, run in runners.items():
+            t = run()
+            if i >= 3:
+                times[name].append(t)
+    results = {name: {"median_s": statistics.median(t), "min_s": min(t), "max_s": max(t),
+                      "images_per_second": a.batch_size / statistics.median(t)} for name, t in times.items()}
     ce = results["ce"]["median_s"]
     # AD with p_mix = 0.5 alternates ordinary and mixed steps: its average step cost.
     ad_avg = 0.5 * (results["ad_ordinary_step"]["median_s"] + results["ad_mixed_step"]["median_s"])
