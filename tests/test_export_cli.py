@@ -96,6 +96,9 @@ def test_cli_exports_fp32_and_int8(checkpoint: Path, tmp_path: Path, capsys: pyt
     assert 0.0 <= int8["int8"]["decision_agreement_with_fp32"] <= 1.0
     assert int8["int8"]["images_per_second_int8"] > 0 and int8["int8"]["images_per_second_fp32"] > 0
     assert int8["int8"]["activation_ranges_from"] == "training images"
+    report = (int8_dir / "report" / "report.md").read_text()
+    assert "## INT8 against fp32" in report and "decisions equal to fp32" in report
+    assert json.loads((int8_dir / "report" / "report.json").read_text())["int8"] == int8["int8"]
     int8_calib = run_onnx(onnx_session(int8_dir / "model.onnx"), data.calib_x)
     assert int8["threshold"]["value"] == pytest.approx(threshold_at_rank(int8_calib["score"], rank), abs=1e-6)
     assert int8_calib["label"].tolist() == np.where(
