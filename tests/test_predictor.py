@@ -14,6 +14,7 @@ import pytest
 from PIL import Image
 
 from osr.export.manifest import ManifestError
+from osr.serve.decode import decode_to_pil
 from osr.serve.predictor import OUTPUT_NAMES, Predictor, PredictorError, TritonBackend, default_model_repository
 from osr.serve.results import ROW_FIELDS
 
@@ -193,13 +194,36 @@ def test_unreachable_triton_server_gives_a_clear_error() -> None:
         TritonBackend("127.0.0.1:9", "tiny", 1, protocol="smtp")
 
 
-def test_preprocessing_equals_the_training_evaluation_transform(predictor: Predictor) -> None:
-    from osr.train.data import eval_resize  # torch side; fine in tests, never in osr.serve
+def test_preprocessing_equals_the_training_evaluation_transform(predictor: Predictor, tmp_path: Path) -> None:
+    """The same files, read by training's ImageFolder loader and by the predictor's decode + resize,
+    give the same pixels: EXIF rotation, transparency, 16-bit grey, palette and odd sizes included."""
+    from osr.train.data import load_open_set  # torch side; fine in tests, never in osr.serve
 
     rng = np.random.default_rng(5)
-    for width, height in [(32, 32), (100, 37), (37, 100), (64, 48), (7, 9), (33, 32)]:
-        image = Image.fromarray(rng.integers(0, 256, (height, width, 3), dtype=np.uint8))
-        np.testing.assert_array_equal(predictor.preprocess(image), np.asarray(eval_resize(image, 32)))
+    folder = tmp_path / "test" / "a"
+    folder.mkdir(parents=True)
+    files = []
+    for i, (width, height) in enumerate([(32, 32), (100, 37), (37, 100), (64, 48), (7, 9), (33, 32)]):
+        files.append(folder / f"{i}.png")
+        Image.fromarray(rng.integers(0, 256, (height, width, 3), dtype=np.uint8)).save(files[-1])
+    rotated = Image.fromarray(rng.integers(0, 256, (30, 50, 3), dtype=np.uint8))
+    exif = rotated.getexif()
+    exif[0x0112] = 6  # orientation: rotate 90 degrees clockwise to display
+    rotated.save(folder / "6_rotated.jpg", exif=exif.tobytes())
+    Image.fromarray(rng.integers(0, 256, (40, 40, 4), dtype=np.uint8), "RGBA").save(folder / "7_alpha.png")
+    Image.fromarray((rng.integers(0, 65536, (36, 36))).astype(np.uint16)).save(folder / "8_16bit.png")
+    Image.fromarray(rng.integers(0, 256, (20, 44), dtype=np.uint8)).convert("P").save(folder / "9_palette.gif")
+    for c in ("a", "b"):  # the loader wants a training set of two classes
+        (tmp_path / "train" / c).mkdir(parents=True)
+        for i in range(2):
+            Image.new("RGB", (32, 32), (i, 0, 0)).save(tmp_path / "train" / c / f"{i}.png")
+
+    data = load_open_set("imagefolder", 0, tmp_path, image_size=predictor.image_size, calib_fraction=0.0)
+    paths = sorted(folder.iterdir())
+    assert len(data.test_known_x) == len(paths) == 10
+    for path, trained in zip(paths, data.test_known_x):
+        served = predictor.preprocess(decode_to_pil(path.read_bytes()))
+        np.testing.assert_array_equal(served, trained, err_msg=path.name)
 
 
 def test_serving_modules_do_not_import_torch() -> None:
