@@ -21,6 +21,7 @@ import asyncio
 import contextlib
 import hmac
 import logging
+import os
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -69,12 +70,27 @@ class ServiceState:
         return self.predictor, self.batcher
 
 
+def onnxruntime_threads(settings: Settings) -> int | None:
+    """--threads if given; with several workers, the CPUs shared out between them (at least 1);
+    else None (onnxruntime's default, one thread per core).
+
+    Every worker's session defaulting to all cores oversubscribes the CPU: on 2 cores, 2 workers
+    served 57-60 single-image req/s with onnxruntime's default and 88-99 with 1 thread each
+    (bench/perf_service.py, docs/performance.md).
+    """
+    if settings.threads:
+        return settings.threads
+    if settings.workers > 1:
+        return max(1, (os.cpu_count() or 1) // settings.workers)
+    return None
+
+
 def default_predictor_factory(settings: Settings) -> PredictorFactory:
     def load() -> Predictor:
         return Predictor.from_repository(
             settings.model_repository, settings.model, settings.version,
             triton_url=settings.triton_url, triton_protocol=settings.triton_protocol,
-            threads=settings.threads, max_pixels=settings.max_pixels,
+            threads=onnxruntime_threads(settings), max_pixels=settings.max_pixels,
         )
     return load
 

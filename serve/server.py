@@ -39,7 +39,8 @@ def build_parser() -> argparse.ArgumentParser:
     add("--version", type=int, help="model version (default: the newest)")
     add("--triton-url", help="run inference on this Triton server (host:port) instead of in-process")
     add("--triton-protocol", choices=["http", "grpc"])
-    add("--threads", type=int, help="onnxruntime intra-op threads")
+    add("--threads", type=int, help="onnxruntime intra-op threads per worker (default: onnxruntime's with one "
+                                    "worker, CPUs / workers with several)")
     add("--host", help="bind address (default 127.0.0.1)")
     add("--port", type=int, help="port (default 8000)")
     add("--workers", type=int, help="uvicorn worker processes (default 1)")

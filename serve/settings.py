@@ -27,7 +27,8 @@ class Settings(BaseSettings):
     version: int | None = Field(None, ge=1, description="model version (default: the newest)")
     triton_url: str | None = Field(None, description="run inference on this Triton server instead of in-process")
     triton_protocol: Literal["http", "grpc"] = "http"
-    threads: int | None = Field(None, ge=1, description="onnxruntime intra-op threads (default: onnxruntime's)")
+    threads: int | None = Field(None, ge=1, description="onnxruntime intra-op threads per worker (default: "
+                                "onnxruntime's with one worker, CPUs / workers with several)")
 
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=0, le=65535)

@@ -119,3 +119,13 @@ def test_real_process_serves_then_stops_on_sigterm(tiny_model_repository: Path) 
         if process.poll() is None:
             process.kill()
             process.wait()
+
+
+def test_onnxruntime_threads_are_shared_out_between_workers(tiny_model_repository, monkeypatch) -> None:
+    from osr.serve.app import onnxruntime_threads
+
+    monkeypatch.setattr("os.cpu_count", lambda: 8)
+    assert onnxruntime_threads(Settings(model_repository=tiny_model_repository)) is None  # onnxruntime decides
+    assert onnxruntime_threads(Settings(model_repository=tiny_model_repository, workers=2)) == 4
+    assert onnxruntime_threads(Settings(model_repository=tiny_model_repository, workers=16)) == 1
+    assert onnxruntime_threads(Settings(model_repository=tiny_model_repository, workers=2, threads=3)) == 3
