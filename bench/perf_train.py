@@ -1,0 +1,115 @@
+"""Training throughput on this machine's CPU: images per second of CE and AD steps (forward,
+backward, SGD update; bench/train_step_speed.py's runner) and of data loading (a DataLoader over
+osr.train.trainer.AugmentedImages with osr.train.augment.train_transform on real CIFAR-10
+training images: random crop, flip, RandAugment, collation), interleaved round robin, so the
+share of a step that is data loading can be read off side by side.
+
+    python bench/perf_train.py --arch classifier32 --width 0.25 --teacher-width 0.25
+
+Defaults are the CPU recipe (classifier32 at width 0.25, teacher the same, batch 128,
+--workers 0 as TrainConfig: augmentation in the training process). With p_mix = 0.5, AD
+alternates ordinary and mixed steps; its average step is the mean of the two.
+Writes bench/results/perf_train.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import DataLoader
+
+from osr.train.augment import train_transform
+from osr.train.config import TrainConfig
+from osr.train.models import build_model
+from osr.train.steps import Step
+from osr.train.trainer import AugmentedImages, Normalize
+from perf_common import CIFAR_TEST, REPOSITORY, fmt, round_robin, save, summary
+from train_step_speed import make_runner
+
+
+def cifar_train(count: int) -> tuple[np.ndarray, np.ndarray]:
+    """The first ``count`` images of CIFAR-10's training pack, decoded (the trainer decodes up front)."""
+    pack = np.load(CIFAR_TEST.parent / "train_part1.npz")
+    buf, offsets = pack["jpeg"], pack["offsets"]
+    x = np.stack([np.asarray(Image.open(io.BytesIO(buf[offsets[i]:offsets[i + 1]].tobytes())).convert("RGB"))
+                  for i in range(count)])
+    return x, (pack["labels"][:count] % 6).astype(np.int64)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--arch", default="classifier32")
+    ap.add_argument("--width", type=float, default=0.25)
+    ap.add_argument("--teacher-arch", default=None, help="default: the student's arch")
+    ap.add_argument("--teacher-width", type=float, default=None, help="default: the student's width")
+    ap.add_argument("--batch-size", type=int, default=128)
+    ap.add_argument("--workers", type=int, default=0, help="DataLoader workers (TrainConfig default 0)")
+    ap.add_argument("--images", type=int, default=2560, help="real training images in the loader")
+    ap.add_argument("--rounds", type=int, default=12)
+    ap.add_argument("--out", type=Path, default=None)
+    a = ap.parse_args()
+    torch.manual_seed(0)
+    classes = 6
+
+    x_np, y_np = cifar_train(a.images)
+    loader = DataLoader(AugmentedImages(x_np, y_np, train_transform(32)), batch_size=a.batch_size, shuffle=True,
+                        drop_last=True, num_workers=a.workers, persistent_workers=a.workers > 0)
+    batches = iter(loader)
+
+    def load_batch() -> float:
+        nonlocal batches
+        t0 = time.perf_counter()
+        try:
+            xb, _ = next(batches)
+        except StopIteration:
+            batches = iter(loader)
+            t0 = time.perf_counter()  # the new epoch's iterator set-up is not a batch
+            xb, _ = next(batches)
+        return time.perf_counter() - t0
+
+    manifest = json.loads((REPOSITORY / "cifar10-ad" / "1" / "manifest.json").read_text())
+    norm = Normalize(manifest["normalize"]["mean"], manifest["normalize"]["std"])
+    xb, yb = next(iter(loader))
+    x = norm(xb)
+    teacher = build_model(a.teacher_arch or a.arch, classes, a.teacher_width or a.width).eval()
+    steps = {
+        "ce": (TrainConfig(method="ce"), False),
+        "ad_ordinary_step": (TrainConfig(method="ad", mix="cutmix", teacher="t"), False),
+        "ad_mixed_step": (TrainConfig(method="ad", mix="cutmix", teacher="t"), True),
+    }
+    cases = {"data_loading": load_batch}
+    for name, (cfg, mixed) in steps.items():
+        torch.manual_seed(0)
+        student = build_model(a.arch, classes, a.width).train()
+        cases[name] = make_runner(Step(cfg, classes, teacher if cfg.method != "ce" else None), student, x, yb, mixed)
+    seconds = {name: summary(v) for name, v in round_robin(cases, a.rounds, warmup=2).items()}
+    med = {name: s["median"] for name, s in seconds.items()}
+    ad_avg = 0.5 * (med["ad_ordinary_step"] + med["ad_mixed_step"])
+    out = {
+        "args": vars(a) | {"out": str(a.out)}, "torch_threads": torch.get_num_threads(),
+        "seconds_per_batch": seconds,
+        "images_per_second": {name: a.batch_size / m for name, m in med.items()} | {"ad_average": a.batch_size / ad_avg},
+        "ratio_ad_average_to_ce": ad_avg / med["ce"],
+        "ratio_ad_mixed_to_ce": med["ad_mixed_step"] / med["ce"],
+        "data_loading_share_of_ce_step": med["data_loading"] / (med["data_loading"] + med["ce"]),
+        "data_loading_share_of_ad_step": med["data_loading"] / (med["data_loading"] + ad_avg),
+        "target": {"name": "AD step <= 1.7x CE step", "ratio_ad_average": ad_avg / med["ce"],
+                   "ratio_ad_mixed": med["ad_mixed_step"] / med["ce"], "met": ad_avg / med["ce"] <= 1.7},
+    }
+    for name, s in seconds.items():
+        print(f"{name:18s} {fmt(s, 1e3)} ms/batch  {a.batch_size / s['median']:7.1f} img/s")
+    for k in ("ratio_ad_average_to_ce", "ratio_ad_mixed_to_ce", "data_loading_share_of_ce_step",
+              "data_loading_share_of_ad_step"):
+        print(f"{k:32s} {out[k]:.2f}")
+    save("perf_train", out, a.out)
+
+
+if __name__ == "__main__":
+    main()
