@@ -81,3 +81,30 @@ def test_train_transform_without_randomness_sources_is_identity_up_to_crop():
     img = torch.randint(0, 256, (3, 32, 32), dtype=torch.uint8)
     t = train_transform(32, randaugment=False, crop_padding=0, flip=False)
     assert torch.equal(t(img), img)
+
+
+def test_batch_crop_flip_is_a_per_image_shifted_window_of_the_padded_image():
+    from osr.train.augment import batch_crop_flip
+
+    torch.manual_seed(0)
+    x = torch.randint(1, 255, (16, 3, 8, 8), dtype=torch.uint8)
+    out = batch_crop_flip(x, padding=2, flip=True)
+    assert out.shape == x.shape and out.dtype == torch.uint8
+    padded = torch.nn.functional.pad(x, (2, 2, 2, 2))
+    for i in range(len(x)):
+        windows = [padded[i, :, dy:dy + 8, dx:dx + 8] for dy in range(5) for dx in range(5)]
+        assert any(torch.equal(out[i], w) or torch.equal(out[i], w.flip(2)) for w in windows), i
+    shifts = {tuple(torch.nonzero(out[i, 0] == 0).min(0).values.tolist()) if (out[i, 0] == 0).any() else None
+              for i in range(len(x))}
+    assert len(shifts) > 1  # images get different crops
+
+
+def test_batch_randaugment_keeps_shape_dtype_and_is_seeded():
+    from osr.train.augment import batch_randaugment
+
+    x = torch.randint(0, 256, (24, 3, 16, 16), dtype=torch.uint8)
+    torch.manual_seed(1)
+    a = batch_randaugment(x, chunk=8)
+    torch.manual_seed(1)
+    b = batch_randaugment(x, chunk=8)
+    assert a.shape == x.shape and a.dtype == torch.uint8 and torch.equal(a, b)
