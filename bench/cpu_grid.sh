@@ -7,8 +7,12 @@
 #
 # Runs (one shared CE teacher per split and seed, same architecture as the students):
 # CE, CE+CutMix, CE+Mixup, KD+CutMix, AD+CutMix (r=0.75), AD+CutMix r=0, AD+Mixup.
-# Results: runs/cpu/<dataset>-s<split>/<run>-seed<seed>/ and a copy of metrics.json + log.jsonl
-# under bench/results/cpu-<dataset>-s<split>/ for bench/collect_results.py.
+# Results: runs/<TAG>/<dataset>-s<split>/<run>-seed<seed>/ and a copy of metrics.json + log.jsonl
+# under $RESULTS/<TAG>-<dataset>-s<split>/ for bench/collect_results.py.
+#
+# Environment: PYTHON (python), OSR_DATA_ROOT (../shared/datasets), TAG (cpu; name the results
+# group, e.g. gpu-batchaug when the same grid runs with --batch-augment --device cuda),
+# RESULTS (bench/results), SLOTS (1: students trained at the same time once the teacher is done).
 set -u
 DATASET=${1:?dataset}; SPLIT=${2:?split}; SEEDS=${3:?seeds}; EPOCHS=${4:-30}
 shift $(( $# < 4 ? $# : 4 ))
@@ -16,14 +20,16 @@ PY=${PYTHON:-python}
 DATA=${OSR_DATA_ROOT:-../shared/datasets}
 BASE=(--dataset "$DATASET" --split "$SPLIT" --data-root "$DATA" --arch classifier32 --width 0.25
       --max-train-per-class 1500 --epochs "$EPOCHS" --batch-size 128 "$@")
+TAG=${TAG:-cpu}; RESULTS=${RESULTS:-bench/results}; SLOTS=${SLOTS:-1}
 GROUP="$DATASET-s$SPLIT"
-mkdir -p "runs/cpu/$GROUP" "bench/results/cpu-$GROUP"
+RUNS="runs/$TAG/$GROUP" KEPT="$RESULTS/$TAG-$GROUP"
+mkdir -p "$RUNS" "$KEPT"
 
 finished() { [ -f "$1" ] && "$PY" -c "import json,sys; d=json.load(open('$1')); sys.exit(d['epoch'] != d['config']['epochs'])"; }
 
 run() {  # name seed flags...   (a student whose results are committed is skipped; a teacher needs its checkpoint)
   local name=$1 seed=$2; shift 2
-  local out="runs/cpu/$GROUP/$name-seed$seed" kept="bench/results/cpu-$GROUP/$name-seed$seed/metrics.json"
+  local out="$RUNS/$name-seed$seed" kept="$KEPT/$name-seed$seed/metrics.json"
   if [ "$name" != ce ] && finished "$kept"; then
     echo "done already (committed): $kept"; return 0
   fi
@@ -35,17 +41,23 @@ run() {  # name seed flags...   (a student whose results are committed is skippe
     "$PY" -m osr.train.cli "${BASE[@]}" --seed "$seed" --out "$out" "${resume[@]}" "$@" > "$out.log" 2>&1 \
       || { echo "FAILED $out (see $out.log)"; return 1; }
   fi
-  mkdir -p "bench/results/cpu-$GROUP/$name-seed$seed"
-  cp "$out/metrics.json" "$out/log.jsonl" "bench/results/cpu-$GROUP/$name-seed$seed/"
+  mkdir -p "$KEPT/$name-seed$seed"
+  cp "$out/metrics.json" "$out/log.jsonl" "$KEPT/$name-seed$seed/"
+}
+
+student() {  # run in the background once fewer than SLOTS students are running
+  while [ "$(jobs -rp | wc -l)" -ge "$SLOTS" ]; do wait -n; done
+  run "$@" &
 }
 
 for seed in $SEEDS; do
-  T="runs/cpu/$GROUP/ce-seed$seed"
+  T="$RUNS/ce-seed$seed"
   run ce "$seed" --method ce || continue
-  run ce-cutmix "$seed" --method ce --mix cutmix
-  run ad-cutmix "$seed" --method ad --mix cutmix --teacher "$T"
-  run ce-mixup "$seed" --method ce --mix mixup
-  run kd-cutmix "$seed" --method kd --mix cutmix --teacher "$T"
-  run ad-cutmix-r0 "$seed" --method ad --mix cutmix --smoothing-r 0 --teacher "$T"
-  run ad-mixup "$seed" --method ad --mix mixup --teacher "$T"
+  student ce-cutmix "$seed" --method ce --mix cutmix
+  student ad-cutmix "$seed" --method ad --mix cutmix --teacher "$T"
+  student ce-mixup "$seed" --method ce --mix mixup
+  student kd-cutmix "$seed" --method kd --mix cutmix --teacher "$T"
+  student ad-cutmix-r0 "$seed" --method ad --mix cutmix --smoothing-r 0 --teacher "$T"
+  student ad-mixup "$seed" --method ad --mix mixup --teacher "$T"
+  wait
 done
