@@ -24,6 +24,8 @@ def method_label(cfg: dict) -> str:
         label += f"+{'CutMix' if cfg['mix'] == 'cutmix' else 'Mixup'}"
     if cfg["method"] == "ad" and cfg["smoothing_r"] != 0.75:
         label += f" (r={cfg['smoothing_r']:g})"
+    if cfg.get("ad_mixed_ce"):
+        label += f" +{cfg['ad_mixed_ce']:g}·CE on mixed"
     return f"{label} [{cfg['arch']} w{cfg['width']:g}]"
 
 
@@ -44,15 +46,30 @@ def fmt(values: list[float]) -> str:
     return f"{statistics.mean(values):.4f} ± {statistics.stdev(values):.4f}"
 
 
+def paired_deltas(methods: dict, label: str) -> dict[str, list[float]] | None:
+    """Per-run differences from CE of the same backbone, seed and split (None without a CE run)."""
+    ce = methods.get("CE " + label[label.index("["):])
+    if ce is None or label.startswith("CE ["):
+        return None
+    by_run = {(r["seed"], r["split"]): r for r in ce}
+    pairs = [(r, by_run[(r["seed"], r["split"])]) for r in methods[label] if (r["seed"], r["split"]) in by_run]
+    if not pairs:
+        return None
+    return {k: [r[k] - c[k] for r, c in pairs] for k in ("accuracy", "auroc", "oscr")}
+
+
 def markdown(groups: dict) -> str:
     lines = []
     for group, methods in groups.items():
-        lines += [f"### {group}", "", "| method | runs | " + " | ".join(c[1] for c in COLUMNS) + " |",
-                  "|---|---|" + "---|" * len(COLUMNS)]
-        for label, runs in methods.items():
+        lines += [f"### {group}", "", "| method | runs | " + " | ".join(c[1] for c in COLUMNS)
+                  + " | Δacc vs CE | ΔAUROC vs CE |", "|---|---|" + "---|" * (len(COLUMNS) + 2)]
+        for label, runs in sorted(methods.items()):
             cells = [fmt([r[k] for r in runs]) for k, _ in COLUMNS]
+            d = paired_deltas(methods, label)
+            cells += [fmt(d["accuracy"]), fmt(d["auroc"])] if d else ["", ""]
             lines.append(f"| {label} | {len(runs)} | " + " | ".join(cells) + " |")
         lines.append("")
+    lines.append("Δ columns: mean ± std over seeds of (method − CE of the same backbone, seed and split).")
     return "\n".join(lines)
 
 

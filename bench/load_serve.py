@@ -1,10 +1,15 @@
 """A bounded load run against osr-serve on 127.0.0.1, beside the bare predictor's throughput.
 
     python bench/load_serve.py --workers 2 --requests 2000 --concurrency 8 [--images-per-request 1]
+    python bench/load_serve.py --workers 2 --client wrk --duration 10 --concurrency 8
 
 Starts osr-serve (bundled model unless --model-repository), waits for /readyz, records the
-resident memory of the server's processes, sends a fixed number of POST /v1/classify requests
-from --concurrency threads, records it again, and stops the server. Prints and writes JSON:
+resident memory of the server's processes, sends POST /v1/classify requests from --concurrency
+connections, records it again, and stops the server. The client is either Python threads with
+httpx (a fixed number of requests, every response body checked) or wrk (apt install wrk; a fixed
+duration, status codes checked, one response body checked first): wrk is written in C and takes
+a few per cent of a core where the Python client takes most of one, which matters when client
+and server share a 2-core machine. Prints and writes JSON:
 requests/s, images/s, p50/p90/p99 latency, errors, memory before/after, and the bare predictor's
 single-image throughput on the same image in this process for the ratio.
 """
@@ -15,11 +20,14 @@ import argparse
 import json
 import os
 import platform
+import re
+import shutil
 import signal
 import socket
 import statistics
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -61,12 +69,89 @@ def bare_predictor_rate(repository: str | None, image: bytes, n: int, threads: i
         return n / (time.perf_counter() - t0)
 
 
+def python_load(url: str, files: list, requests: int, concurrency: int) -> dict:
+    """A fixed number of requests from ``concurrency`` httpx threads; every body is checked."""
+    latencies: list[float] = []
+    errors: list[str] = []
+    lock = threading.Lock()
+    counter = iter(range(requests))
+
+    def client() -> None:
+        with httpx.Client(timeout=30) as c:
+            while True:
+                with lock:
+                    if next(counter, None) is None:
+                        return
+                t0 = time.perf_counter()
+                try:
+                    r = c.post(url, files=files)
+                    ok = r.status_code == 200 and all(x["status"] == "ok" for x in r.json()["results"])
+                    err = None if ok else f"{r.status_code} {r.text[:200]}"
+                except httpx.HTTPError as e:
+                    err = repr(e)
+                dt = time.perf_counter() - t0
+                with lock:
+                    latencies.append(dt)
+                    if err:
+                        errors.append(err)
+
+    t0 = time.perf_counter()
+    threads = [threading.Thread(target=client) for _ in range(concurrency)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    wall = time.perf_counter() - t0
+    lat = sorted(latencies)
+    q = lambda p: lat[min(len(lat) - 1, int(p * len(lat)))] * 1e3  # noqa: E731
+    return {"requests": len(lat), "errors": len(errors), "first_errors": errors[:3], "wall_s": wall,
+            "latency_ms": {"p50": q(0.50), "p90": q(0.90), "p99": q(0.99), "mean": statistics.mean(lat) * 1e3}}
+
+
+def multipart_body(image: bytes, count: int, boundary: str) -> bytes:
+    parts = [f'--{boundary}\r\nContent-Disposition: form-data; name="files"; filename="{i}.jpg"\r\n'
+             f"Content-Type: image/jpeg\r\n\r\n".encode() + image + b"\r\n" for i in range(count)]
+    return b"".join(parts) + f"--{boundary}--\r\n".encode()
+
+
+def wrk_load(url: str, image: bytes, images_per_request: int, duration: int, concurrency: int) -> dict:
+    """wrk for ``duration`` seconds with ``concurrency`` connections on one thread."""
+    wrk = shutil.which("wrk")
+    if wrk is None:
+        raise SystemExit("--client wrk: wrk is not installed (apt install wrk), or use --client python")
+    boundary = "osr-bench-" + os.urandom(8).hex()
+    body = multipart_body(image, images_per_request, boundary)
+    check = httpx.post(url, content=body, headers={"Content-Type": f"multipart/form-data; boundary={boundary}"},
+                       timeout=30)
+    if check.status_code != 200 or not all(x["status"] == "ok" for x in check.json()["results"]):
+        raise SystemExit(f"the wrk request body is not accepted: {check.status_code} {check.text[:300]}")
+    with tempfile.NamedTemporaryFile(suffix=".body") as f:
+        f.write(body)
+        f.flush()
+        env = {**os.environ, "OSR_WRK_BODY": f.name, "OSR_WRK_BOUNDARY": boundary}
+        out = subprocess.run([wrk, "-t1", f"-c{concurrency}", f"-d{duration}s", "--timeout", "30s",
+                              "-s", str(ROOT / "bench" / "wrk_classify.lua"), url],
+                             env=env, capture_output=True, text=True, check=True).stdout
+    m = re.search(r"OSR_WRK_JSON (\{.*\})", out)
+    if m is None:
+        raise SystemExit(f"no result line from wrk:\n{out}")
+    w = json.loads(m.group(1))
+    errors = sum(w[k] for k in ("connect_errors", "read_errors", "write_errors", "status_errors", "timeouts"))
+    return {"requests": w["requests"], "errors": errors,
+            "first_errors": [f"{k}: {w[k]}" for k in w if k.endswith(("errors", "timeouts")) and w[k]],
+            "wall_s": w["duration_us"] / 1e6,
+            "latency_ms": {"p50": w["p50_us"] / 1e3, "p90": w["p90_us"] / 1e3, "p99": w["p99_us"] / 1e3,
+                           "mean": w["mean_us"] / 1e3}}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model-repository", default=None)
     ap.add_argument("--workers", type=int, default=1)
     ap.add_argument("--threads", type=int, default=None, help="onnxruntime threads per worker")
-    ap.add_argument("--requests", type=int, default=1000)
+    ap.add_argument("--client", choices=["python", "wrk"], default="python")
+    ap.add_argument("--requests", type=int, default=1000, help="requests sent (--client python)")
+    ap.add_argument("--duration", type=int, default=8, help="seconds of load (--client wrk)")
     ap.add_argument("--concurrency", type=int, default=8)
     ap.add_argument("--images-per-request", type=int, default=1)
     ap.add_argument("--image", type=Path, default=ROOT / "samples" / "airplane.jpg")
@@ -94,55 +179,27 @@ def main() -> None:
             raise SystemExit("osr-serve did not become ready in 60 s")
         time.sleep(0.5 * a.workers)  # every worker warmed up
         rss_before = tree_rss_mb(server.pid)
-        files = [("files", (f"{i}.jpg", image, "image/jpeg")) for i in range(a.images_per_request)]
-        latencies: list[float] = []
-        errors: list[str] = []
-        lock = threading.Lock()
-        counter = iter(range(a.requests))
-
-        def client() -> None:
-            with httpx.Client(timeout=30) as c:
-                while True:
-                    with lock:
-                        if next(counter, None) is None:
-                            return
-                    t0 = time.perf_counter()
-                    try:
-                        r = c.post(f"{base}/v1/classify", files=files)
-                        ok = r.status_code == 200 and all(x["status"] == "ok" for x in r.json()["results"])
-                        err = None if ok else f"{r.status_code} {r.text[:200]}"
-                    except httpx.HTTPError as e:
-                        err = repr(e)
-                    dt = time.perf_counter() - t0
-                    with lock:
-                        latencies.append(dt)
-                        if err:
-                            errors.append(err)
-
-        t0 = time.perf_counter()
-        threads = [threading.Thread(target=client) for _ in range(a.concurrency)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-        wall = time.perf_counter() - t0
+        url = f"{base}/v1/classify"
+        if a.client == "wrk":
+            load = wrk_load(url, image, a.images_per_request, a.duration, a.concurrency)
+        else:
+            files = [("files", (f"{i}.jpg", image, "image/jpeg")) for i in range(a.images_per_request)]
+            load = python_load(url, files, a.requests, a.concurrency)
         rss_after = tree_rss_mb(server.pid)
     finally:
         os.killpg(server.pid, signal.SIGTERM)
         server.wait(timeout=60)
 
-    lat = sorted(latencies)
-    q = lambda p: lat[min(len(lat) - 1, int(p * len(lat)))] * 1e3  # noqa: E731
     bare = bare_predictor_rate(a.model_repository, image, 300, a.threads)
     result = {
         "args": {k: str(v) for k, v in vars(a).items()},
         "machine": {"platform": platform.platform(), "cpus": os.cpu_count()},
-        "requests": len(lat), "errors": len(errors), "first_errors": errors[:3], "wall_s": wall,
-        "requests_per_s": len(lat) / wall, "images_per_s": len(lat) * a.images_per_request / wall,
-        "latency_ms": {"p50": q(0.50), "p90": q(0.90), "p99": q(0.99), "mean": statistics.mean(lat) * 1e3},
+        "client": a.client, **load,
+        "requests_per_s": load["requests"] / load["wall_s"],
+        "images_per_s": load["requests"] * a.images_per_request / load["wall_s"],
         "rss_mb": {"before": round(rss_before, 1), "after": round(rss_after, 1)},
         "bare_predictor_single_image_per_s": bare,
-        "ratio_to_bare_predictor": (len(lat) * a.images_per_request / wall) / bare,
+        "ratio_to_bare_predictor": load["requests"] * a.images_per_request / load["wall_s"] / bare,
     }
     print(json.dumps(result, indent=2))
     if a.out:

@@ -13,7 +13,7 @@ import argparse
 from pathlib import Path
 
 from perf_common import MODELS, save
-from perf_service import collect, run_load
+from perf_service import collect, default_client, run_load
 
 
 def main() -> None:
@@ -25,6 +25,8 @@ def main() -> None:
     ap.add_argument("--requests", type=int, default=300)
     ap.add_argument("--workers", type=int, default=1)
     ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--client", choices=["python", "wrk"], default=default_client())
+    ap.add_argument("--duration", type=int, default=6, help="seconds per configuration with wrk")
     ap.add_argument("--out", type=Path, default=None)
     a = ap.parse_args()
 
@@ -34,7 +36,8 @@ def main() -> None:
         for max_batch, concurrency in configs[r % len(configs):] + configs[:r % len(configs)]:
             key = f"max_batch{max_batch}/c{concurrency}"
             result = run_load(MODELS[a.model], a.workers, 1, a.requests, concurrency,
-                              extra=["--max-batch", str(max_batch), "--max-wait-ms", str(a.max_wait_ms)])
+                              extra=["--max-batch", str(max_batch), "--max-wait-ms", str(a.max_wait_ms)],
+                              client=a.client, duration=a.duration)
             runs.setdefault(key, []).append(result)
             print(f"{key:18s} {result['requests_per_s']:7.1f} req/s p50 {result['latency_ms']['p50']:6.1f} ms "
                   f"p99 {result['latency_ms']['p99']:6.1f} ms errors {result['errors']}", flush=True)
@@ -49,7 +52,7 @@ def main() -> None:
             "p99_ms_added": on["p99_ms"]["median"] - off["p99_ms"]["median"],
         }
         print(f"concurrency {c}: max_batch {hi} vs {lo}", {k: round(v, 2) for k, v in effect[f'c{c}'].items()})
-    save("perf_batching", {"model": a.model, "max_wait_ms": a.max_wait_ms, "workers": a.workers,
+    save("perf_batching", {"model": a.model, "client": a.client, "max_wait_ms": a.max_wait_ms, "workers": a.workers,
                            "results": results, "effect_of_batching": effect}, a.out)
 
 

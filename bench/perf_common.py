@@ -90,10 +90,11 @@ def rate(fn: Callable[[], object], items: int, min_seconds: float) -> float:
 
 def cifar_jpegs(count: int, seed: int = 0) -> list[bytes]:
     """``count`` real CIFAR-10 test images as their original JPEG bytes (the pack's q75 copies)."""
-    pack = np.load(CIFAR_TEST)
-    buf, offsets = pack["jpeg"], pack["offsets"]
-    picks = np.random.default_rng(seed).choice(len(offsets) - 1, size=count, replace=False)
-    return [buf[offsets[i]:offsets[i + 1]].tobytes() for i in sorted(picks)]
+    from osr.train.data import JpegPack
+
+    pack = JpegPack([CIFAR_TEST])
+    picks = np.random.default_rng(seed).choice(len(pack), size=count, replace=False)
+    return [pack.raw(i) for i in sorted(picks)]
 
 
 def write_jpeg_folder(folder: Path, count: int) -> list[Path]:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -22,15 +23,23 @@ from perf_common import MODELS, ROOT, save, single_model_repository, summary
 LOAD_SERVE = ROOT / "bench" / "load_serve.py"
 
 
+def default_client() -> str:
+    """wrk when installed: a C client leaves the server the CPU a Python client would take."""
+    return "wrk" if shutil.which("wrk") else "python"
+
+
 def run_load(model: str, workers: int, images_per_request: int, requests: int, concurrency: int,
-             threads: int | None = None, extra: list[str] | None = None) -> dict:
-    """One bench/load_serve.py run (its own osr-serve process); its JSON result."""
+             threads: int | None = None, extra: list[str] | None = None, client: str = "python",
+             duration: int = 8) -> dict:
+    """One bench/load_serve.py run (its own osr-serve process); its JSON result. ``requests``
+    bounds the Python client, ``duration`` (seconds) bounds wrk."""
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "load.json"
         repository = single_model_repository(model, Path(tmp))
         cmd = [sys.executable, str(LOAD_SERVE), "--model-repository", str(repository),
                "--workers", str(workers), "--requests", str(requests), "--concurrency", str(concurrency),
                "--images-per-request", str(images_per_request), "--out", str(out),
+               "--client", client, "--duration", str(duration),
                *(["--threads", str(threads)] if threads else []), *(["--extra", *extra] if extra else [])]
         subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
         return json.loads(out.read_text())
@@ -60,6 +69,9 @@ def main() -> None:
     ap.add_argument("--concurrency", type=int, default=8)
     ap.add_argument("--threads", type=int, default=None, help="onnxruntime threads per worker (default: onnxruntime's)")
     ap.add_argument("--rounds", type=int, default=1)
+    ap.add_argument("--client", choices=["python", "wrk"], default=default_client(),
+                    help="load generator (default: wrk when installed)")
+    ap.add_argument("--duration", type=int, default=6, help="seconds per configuration with wrk")
     ap.add_argument("--out", type=Path, default=None)
     a = ap.parse_args()
 
@@ -68,7 +80,8 @@ def main() -> None:
     for r in range(a.rounds):
         for model, workers, n in configs[r % len(configs):] + configs[:r % len(configs)]:
             key = f"{model}/w{workers}/ipr{n}"
-            result = run_load(MODELS[model], workers, n, max(a.concurrency, a.images // n), a.concurrency, a.threads)
+            result = run_load(MODELS[model], workers, n, max(a.concurrency, a.images // n), a.concurrency, a.threads,
+                              client=a.client, duration=a.duration)
             runs.setdefault(key, []).append(result)
             print(f"{key:18s} {result['requests_per_s']:7.1f} req/s {result['images_per_s']:7.1f} img/s "
                   f"p50 {result['latency_ms']['p50']:6.1f} ms p99 {result['latency_ms']['p99']:6.1f} ms "
@@ -103,7 +116,8 @@ def main() -> None:
                              "errors": results[key]["errors"],
                              "met": ratio >= 0.6 and results[key]["errors"] == 0,
                              "met_against_best_bare": vs_best >= 0.6 and results[key]["errors"] == 0}
-    save("perf_service", {"concurrency": a.concurrency, "threads": a.threads, "results": results,
+    save("perf_service", {"concurrency": a.concurrency, "threads": a.threads, "client": a.client,
+                          "results": results,
                           "bare_predictor_single_image_per_s_by_threads": {
                               m: {t: summary(v) for t, v in by.items()} for m, by in bare.items()},
                           "target": {"name": "2 workers, 1 image/request >= 60% of bare predictor, 0 errors",

@@ -34,6 +34,7 @@ from pydantic import BaseModel
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException
+from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 import osr
@@ -103,7 +104,7 @@ async def _load_model(state: ServiceState, factory: PredictorFactory) -> None:
         await run_in_threadpool(predictor.warmup)
         state.batcher = DynamicBatcher(
             predictor.run, max_batch=state.settings.max_batch, max_wait_ms=state.settings.max_wait_ms,
-            on_batch=state.metrics.observe_batch,
+            on_batch=state.metrics.observe_batch, track_arrivals=True,
         )
         state.ready = True
         log.info("model %s version %s ready", predictor.name, predictor.version)
@@ -201,6 +202,13 @@ def _install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(oip.OipError)
     async def protocol_error(request: Request, exc: oip.OipError) -> Response:
         return error_response(request.url.path, HTTPException(400, str(exc)))
+
+    @app.exception_handler(ClientDisconnect)
+    async def client_gone(request: Request, exc: ClientDisconnect) -> Response:
+        # The client hung up mid-upload (a load generator stopping, a cancelled upload): nobody
+        # reads the answer, and it is not a server error worth a traceback.
+        log.debug("client disconnected during %s %s", request.method, request.url.path)
+        return Response(status_code=499)
 
     @app.exception_handler(Exception)
     async def unexpected_error(request: Request, exc: Exception) -> Response:
@@ -322,15 +330,16 @@ def _v1_router(state: ServiceState, guard: Callable[[Request], None]) -> APIRout
         top_k: int | None = Query(None, ge=0, le=1000, description="classes listed per image (default 5)"),
     ) -> dict:
         predictor, batcher = state.require_ready()
-        items = await _read_files(request, settings.max_files)
-        prepared, names = await run_in_threadpool(_prepare, predictor, items, settings.max_pixels)
-        ok = [i for i, p in enumerate(prepared) if not isinstance(p, str)]
-        state.metrics.files.labels("ok").inc(len(ok))
-        state.metrics.files.labels("error").inc(len(prepared) - len(ok))
-        if not ok:
-            reasons = "; ".join(f"{name}: {message}" for name, message in zip(names, prepared))
-            raise HTTPException(415, f"no file is a usable image: {reasons}")
-        outputs = await batcher.infer(np.stack([prepared[i] for i in ok]))
+        with batcher.arrival() as arrival:  # the batcher waits for this request while it is decoded
+            items = await _read_files(request, settings.max_files)
+            prepared, names = await run_in_threadpool(_prepare, predictor, items, settings.max_pixels)
+            ok = [i for i, p in enumerate(prepared) if not isinstance(p, str)]
+            state.metrics.files.labels("ok").inc(len(ok))
+            state.metrics.files.labels("error").inc(len(prepared) - len(ok))
+            if not ok:
+                reasons = "; ".join(f"{name}: {message}" for name, message in zip(names, prepared))
+                raise HTTPException(415, f"no file is a usable image: {reasons}")
+            outputs = await batcher.infer(np.stack([prepared[i] for i in ok]), arrival)
         k = settings.default_top_k if top_k is None else top_k
         rows: list[dict] = [
             error_row(name, p) if isinstance(p, str) else {} for name, p in zip(names, prepared)
@@ -446,11 +455,12 @@ def _v2_routers(state: ServiceState, guard: Callable[[Request], None]) -> list[A
     async def infer(model_name: str, request: Request, model_version: str | None = None) -> Response:
         predictor = _served_model(state, model_name, model_version)
         _, batcher = state.require_ready()
-        body = await request.body()
-        # JSON parsing and tensor decoding are CPU work: off the event loop
-        infer_request, images, chosen = await run_in_threadpool(
-            _decode_infer_request, body, request.headers, predictor.image_size, settings.max_body_bytes)
-        outputs = await batcher.infer(images)
+        with batcher.arrival() as arrival:
+            body = await request.body()
+            # JSON parsing and tensor decoding are CPU work: off the event loop
+            infer_request, images, chosen = await run_in_threadpool(
+                _decode_infer_request, body, request.headers, predictor.image_size, settings.max_body_bytes)
+            outputs = await batcher.infer(images, arrival)
         content, header_length = await run_in_threadpool(
             oip.encode_infer_response, predictor.name, str(predictor.version), infer_request.id, outputs, chosen)
         if header_length is None:

@@ -5,11 +5,17 @@ batch holds ``max_batch`` images or ``max_wait_ms`` have passed since that first
 ``run_fn`` once on the concatenation and hands each request its rows. Inference therefore never
 blocks the event loop, and the model sees one call at a time (no oversubscribed CPU threads).
 A request larger than ``max_batch`` is run on its own, whole (the predictor splits it further).
+
+With ``track_arrivals``, callers announce a request as soon as it arrives (``arrival()``, before
+reading and decoding it) and the batcher waits only while an announced request has not been
+submitted yet: a lone request on an idle server runs at once instead of paying ``max_wait_ms``,
+while under load the gathering works as before.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import queue
 import threading
@@ -40,6 +46,19 @@ class _Request:
 _STOP = object()
 
 
+class Arrival:
+    """A request announced to the batcher and not submitted yet (see ``DynamicBatcher.arrival``)."""
+
+    def __init__(self, batcher: DynamicBatcher):
+        self._batcher = batcher
+        self.pending = True
+
+    def settle(self) -> None:
+        if self.pending:
+            self.pending = False
+            self._batcher._arrived(-1)
+
+
 class DynamicBatcher:
     """Gathers ``submit``-ted uint8 [n, S, S, 3] arrays into batched ``run_fn`` calls."""
 
@@ -50,6 +69,7 @@ class DynamicBatcher:
         max_batch: int = 32,
         max_wait_ms: float = 2.0,
         on_batch: BatchObserver | None = None,
+        track_arrivals: bool = False,
     ) -> None:
         if max_batch < 1:
             raise ValueError(f"max_batch must be at least 1, got {max_batch}")
@@ -59,6 +79,8 @@ class DynamicBatcher:
         self.max_batch = int(max_batch)
         self.max_wait_s = float(max_wait_ms) / 1000.0
         self.on_batch = on_batch
+        self.track_arrivals = track_arrivals
+        self._arriving = 0  # announced requests not yet submitted
         self._queue: queue.Queue = queue.Queue()
         self._carry: _Request | None = None  # fetched but did not fit into the previous batch
         self._closed = False
@@ -66,7 +88,22 @@ class DynamicBatcher:
         self._thread = threading.Thread(target=self._loop, name="osr-batcher", daemon=True)
         self._thread.start()
 
-    def submit(self, images: np.ndarray) -> Future:
+    @contextlib.contextmanager
+    def arrival(self):
+        """Announce a request that will be submitted soon; pass the yielded ``Arrival`` to
+        ``submit``/``infer``. Leaving the block without submitting (an error) withdraws it."""
+        self._arrived(+1)
+        arrival = Arrival(self)
+        try:
+            yield arrival
+        finally:
+            arrival.settle()
+
+    def _arrived(self, delta: int) -> None:
+        with self._lock:
+            self._arriving += delta
+
+    def submit(self, images: np.ndarray, arrival: Arrival | None = None) -> Future:
         """Queue one request's images; the Future resolves to its own rows of every output."""
         images = np.asarray(images)
         if images.ndim < 1 or images.shape[0] < 1:
@@ -75,12 +112,18 @@ class DynamicBatcher:
         with self._lock:
             if self._closed:
                 raise BatcherClosed("the batcher is shut down")
-            self._queue.put(request)
+            self._queue.put(request)  # queued before the arrival is settled: the worker sees one or the other
+        if arrival is not None:
+            arrival.settle()
         return request.future
 
-    async def infer(self, images: np.ndarray) -> Outputs:
+    async def infer(self, images: np.ndarray, arrival: Arrival | None = None) -> Outputs:
         """``submit`` for async code: awaits the rows without blocking the event loop."""
-        return await asyncio.wrap_future(self.submit(images))
+        return await asyncio.wrap_future(self.submit(images, arrival))
+
+    def _nothing_coming(self) -> bool:
+        with self._lock:
+            return self.track_arrivals and self._arriving == 0 and self._queue.empty() and self._carry is None
 
     def close(self, timeout_s: float | None = 30.0) -> None:
         """Stop taking requests, finish those already queued, stop the worker thread."""
@@ -117,6 +160,8 @@ class DynamicBatcher:
         size = first.images.shape[0]
         deadline = time.monotonic() + self.max_wait_s
         while size < self.max_batch:
+            if self._nothing_coming():
+                break
             item = self._next(timeout=max(0.0, deadline - time.monotonic()))
             if item is None:
                 break

@@ -166,3 +166,46 @@ def test_concurrent_http_requests_are_gathered_into_one_predictor_call(tiny_mode
         outputs = {o["name"]: o["data"] for o in response.json()["outputs"]}
         assert outputs["label"] == [int(expected["label"][i])]
         assert outputs["score"] == [float(expected["score"][i])]
+
+
+def test_with_arrival_tracking_a_lone_request_does_not_wait() -> None:
+    model = FakeModel()
+    batcher = DynamicBatcher(model.run, max_batch=32, max_wait_ms=1000, track_arrivals=True)
+    try:
+        start = time.perf_counter()
+        with batcher.arrival() as arrival:
+            batcher.submit(images_with_ids(1), arrival).result(timeout=10)
+        elapsed = time.perf_counter() - start
+    finally:
+        batcher.close()
+    assert elapsed < 0.5  # not the 1 s max_wait
+    assert model.calls == [1]
+
+
+def test_with_arrival_tracking_an_announced_request_is_waited_for() -> None:
+    model = FakeModel()
+    batcher = DynamicBatcher(model.run, max_batch=32, max_wait_ms=2000, track_arrivals=True)
+    try:
+        with batcher.arrival() as late, batcher.arrival() as early:
+            first = batcher.submit(images_with_ids(1), early)
+            time.sleep(0.2)  # the second request is still "decoding": the batcher must wait for it
+            second = batcher.submit(images_with_ids(2), late)
+            results = [first.result(timeout=10), second.result(timeout=10)]
+    finally:
+        batcher.close()
+    assert model.calls == [2]
+    assert [list(r["label"]) for r in results] == [[1], [2]]
+
+
+def test_a_withdrawn_arrival_stops_the_wait() -> None:
+    model = FakeModel()
+    batcher = DynamicBatcher(model.run, max_batch=32, max_wait_ms=60_000, track_arrivals=True)
+    try:
+        with pytest.raises(RuntimeError), batcher.arrival():  # a request that fails while decoding
+            raise RuntimeError("bad image")
+        start = time.perf_counter()
+        with batcher.arrival() as arrival:
+            batcher.submit(images_with_ids(3), arrival).result(timeout=10)
+        assert time.perf_counter() - start < 0.5
+    finally:
+        batcher.close()

@@ -50,6 +50,8 @@ class TrainConfig:
     teacher: str | None = _f(None, "teacher checkpoint (required for kd and ad)")
     alpha_ce: float = _f(1.0, "weight of the CE term on ordinary steps (0.95 for MobileNetV2 in the paper)")
     smoothing_r: float = _f(0.75, "r of the smoothed two-hot target on hard mixed samples (0 = released code)")
+    ad_mixed_ce: float = _f(0.0, "weight of a two-hot CE on every mixed sample in AD's mixed steps (0 = the paper's "
+                                 "loss; > 0 is a diagnostic: it pushes the logit scale up like CE+CutMix)")
     dist_beta: float = _f(1.0, "DIST inter-class (per-sample) weight")
     dist_gamma: float = _f(1.0, "DIST intra-class (per-class) weight")
     tau: float = _f(1.0, "DIST temperature")
@@ -105,7 +107,14 @@ class TrainConfig:
     def digest(self) -> str:
         """A short hash of everything that shapes the result (not where it is written)."""
         d = {k: v for k, v in self.to_dict().items() if k not in ("out", "resume", "workers", "device", "data_root")}
+        for k, default in _ADDED_LATER.items():  # at its default an added knob keeps old runs resumable
+            if d[k] == default:
+                del d[k]
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
+
+
+# Fields added after runs were checkpointed, with the default that reproduces the older behaviour.
+_ADDED_LATER = {"ad_mixed_ce": 0.0}
 
 
 def _parse_bool(s: str) -> bool:

@@ -139,11 +139,17 @@ class JpegPack:
         self.offsets = np.concatenate([*offsets, [base]])
         self.labels = np.concatenate(labels)
 
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def raw(self, i: int) -> bytes:
+        """Image ``i`` as its stored JPEG file bytes."""
+        return self.jpeg[self.offsets[i] : self.offsets[i + 1]].tobytes()
+
     def decode(self, indices: np.ndarray, image_size: int) -> np.ndarray:
         out = np.empty((len(indices), image_size, image_size, 3), dtype=np.uint8)
         for j, i in enumerate(indices):
-            raw = self.jpeg[self.offsets[i] : self.offsets[i + 1]].tobytes()
-            out[j] = eval_resize(Image.open(io.BytesIO(raw)), image_size)
+            out[j] = eval_resize(Image.open(io.BytesIO(self.raw(i))), image_size)
         return out
 
 

@@ -67,4 +67,6 @@ class Step:
         if hard.any():
             q = two_hot(y, y[perm], lam, self.k, r=self.cfg.smoothing_r)
             loss = loss + soft_cross_entropy(s_mix[hard], q[hard])
+        if self.cfg.ad_mixed_ce:
+            loss = loss + self.cfg.ad_mixed_ce * mixed_ce(s_mix, y, perm, lam)
         return loss, {"learnable": float(learn.float().mean())}
