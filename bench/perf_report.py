@@ -59,7 +59,8 @@ def service() -> None:
     d = load("perf_service")
     if not d:
         return
-    print(f"### osr-serve over HTTP (concurrency {d['concurrency']})\n\n" + header(d) + "\n")
+    print(f"### osr-serve over HTTP (concurrency {d['concurrency']}, client {d.get('client', 'python')})\n\n"
+          + header(d) + "\n")
     print("| model | workers | images/request | req/s | img/s | p50 ms | p99 ms | errors / requests | bare predictor img/s | img/s ÷ bare |")
     print("|---|---|---|---|---|---|---|---|---|---|")
     for key, r in d["results"].items():
@@ -67,6 +68,11 @@ def service() -> None:
         print(f"| {kind} | {w[1:]} | {n[3:]} | {m(r['requests_per_s'])} | {m(r['images_per_s'])} | {m(r['p50_ms'])} | "
               f"{m(r['p99_ms'])} | {r['errors']} / {r['requests']} | {m(r['bare_predictor_single_image_per_s'])} | "
               f"{m(r['ratio_to_bare_predictor'], 2)} |")
+    best = {k: max(v["median"] for v in by.values()) for k, by in d["bare_predictor_single_image_per_s_by_threads"].items()}
+    print("\nBare predictor at its fastest thread count, measured round robin after the loads: "
+          + ", ".join(f"{k} {v:.1f} img/s" for k, v in best.items()) + ". Target (2 workers, 1 image/request): "
+          + "; ".join(f"{k} {t['ratio_to_best_bare_predictor']:.2f} of the fastest bare predictor, "
+                      f"{t['errors']} errors" for k, t in d["target"].items() if isinstance(t, dict)))
     print()
 
 
@@ -74,7 +80,8 @@ def batching() -> None:
     d = load("perf_batching")
     if not d:
         return
-    print(f"### Dynamic batching in osr-serve ({d['model']}, {d['workers']} worker, --max-wait-ms {d['max_wait_ms']:g})\n\n"
+    print(f"### Dynamic batching in osr-serve ({d['model']}, {d['workers']} worker, --max-wait-ms {d['max_wait_ms']:g}, "
+          f"client {d.get('client', 'python')})\n\n"
           + header(d) + "\n")
     print("| --max-batch | concurrency | req/s | p50 ms | p99 ms | errors |")
     print("|---|---|---|---|---|---|")
@@ -128,7 +135,9 @@ def train() -> None:
     print(f"| AD average (p_mix 0.5) | | {d['images_per_second']['ad_average']:.0f} |")
     print(f"\nAD average / CE: {d['ratio_ad_average_to_ce']:.2f}; AD mixed / CE: {d['ratio_ad_mixed_to_ce']:.2f}; "
           f"data loading share of a CE step {d['data_loading_share_of_ce_step']:.0%}, of an AD step "
-          f"{d['data_loading_share_of_ad_step']:.0%}\n")
+          f"{d['data_loading_share_of_ad_step']:.0%}"
+          + (f"; with --batch-augment's batch functions instead, {d['batch_augment_loading_share_of_ce_step']:.0%} "
+             "of a CE step" if "batch_augment_loading_share_of_ce_step" in d else "") + "\n")
 
 
 if __name__ == "__main__":

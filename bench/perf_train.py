@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from osr.train.augment import train_transform
+from osr.train.augment import batch_crop_flip, batch_randaugment, train_transform
 from osr.train.config import TrainConfig
 from osr.train.data import JpegPack
 from osr.train.models import build_model
@@ -71,6 +71,16 @@ def main() -> None:
             xb, _ = next(batches)
         return time.perf_counter() - t0
 
+    # --batch-augment's path: the decoded set as one uint8 tensor, crop/flip/RandAugment per batch
+    images_u8 = torch.from_numpy(x_np).permute(0, 3, 1, 2).contiguous()
+    batch_gen = torch.Generator().manual_seed(0)
+
+    def load_batch_augmented() -> float:
+        t0 = time.perf_counter()
+        idx = torch.randint(0, len(images_u8), (a.batch_size,), generator=batch_gen)
+        batch_randaugment(batch_crop_flip(images_u8[idx]))
+        return time.perf_counter() - t0
+
     manifest = json.loads((REPOSITORY / "cifar10-ad" / "1" / "manifest.json").read_text())
     norm = Normalize(manifest["normalize"]["mean"], manifest["normalize"]["std"])
     xb, yb = next(iter(loader))
@@ -81,7 +91,7 @@ def main() -> None:
         "ad_ordinary_step": (TrainConfig(method="ad", mix="cutmix", teacher="t"), False),
         "ad_mixed_step": (TrainConfig(method="ad", mix="cutmix", teacher="t"), True),
     }
-    cases = {"data_loading": load_batch}
+    cases = {"data_loading": load_batch, "data_loading_batch_augment": load_batch_augmented}
     for name, (cfg, mixed) in steps.items():
         torch.manual_seed(0)
         student = build_model(a.arch, classes, a.width).train()
@@ -97,13 +107,15 @@ def main() -> None:
         "ratio_ad_mixed_to_ce": med["ad_mixed_step"] / med["ce"],
         "data_loading_share_of_ce_step": med["data_loading"] / (med["data_loading"] + med["ce"]),
         "data_loading_share_of_ad_step": med["data_loading"] / (med["data_loading"] + ad_avg),
+        "batch_augment_loading_share_of_ce_step":
+            med["data_loading_batch_augment"] / (med["data_loading_batch_augment"] + med["ce"]),
         "target": {"name": "AD step <= 1.7x CE step", "ratio_ad_average": ad_avg / med["ce"],
                    "ratio_ad_mixed": med["ad_mixed_step"] / med["ce"], "met": ad_avg / med["ce"] <= 1.7},
     }
     for name, s in seconds.items():
         print(f"{name:18s} {fmt(s, 1e3)} ms/batch  {a.batch_size / s['median']:7.1f} img/s")
     for k in ("ratio_ad_average_to_ce", "ratio_ad_mixed_to_ce", "data_loading_share_of_ce_step",
-              "data_loading_share_of_ad_step"):
+              "data_loading_share_of_ad_step", "batch_augment_loading_share_of_ce_step"):
         print(f"{k:32s} {out[k]:.2f}")
     save("perf_train", out, a.out)
 
