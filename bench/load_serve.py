@@ -24,7 +24,6 @@ import re
 import shutil
 import signal
 import socket
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -33,6 +32,7 @@ import time
 from pathlib import Path
 
 import httpx
+from perf_common import latency_ms
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -102,10 +102,8 @@ def python_load(url: str, files: list, requests: int, concurrency: int) -> dict:
     for t in threads:
         t.join()
     wall = time.perf_counter() - t0
-    lat = sorted(latencies)
-    q = lambda p: lat[min(len(lat) - 1, int(p * len(lat)))] * 1e3  # noqa: E731
-    return {"requests": len(lat), "errors": len(errors), "first_errors": errors[:3], "wall_s": wall,
-            "latency_ms": {"p50": q(0.50), "p90": q(0.90), "p99": q(0.99), "mean": statistics.mean(lat) * 1e3}}
+    return {"requests": len(latencies), "errors": len(errors), "first_errors": errors[:3], "wall_s": wall,
+            "latency_ms": latency_ms(latencies)}
 
 
 def multipart_body(image: bytes, count: int, boundary: str) -> bytes:

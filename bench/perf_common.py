@@ -77,6 +77,13 @@ def round_robin(cases: dict[str, Callable[[], float]], rounds: int, warmup: int 
     return out
 
 
+def latency_ms(seconds: list[float]) -> dict:
+    """p50/p90/p99 and mean of request latencies given in seconds, in milliseconds."""
+    lat = sorted(seconds)
+    q = lambda p: lat[min(len(lat) - 1, int(p * len(lat)))] * 1e3  # noqa: E731
+    return {"p50": q(0.50), "p90": q(0.90), "p99": q(0.99), "mean": statistics.mean(lat) * 1e3}
+
+
 def rate(fn: Callable[[], object], items: int, min_seconds: float) -> float:
     """Items per second of calling fn repeatedly for at least min_seconds."""
     calls, t0 = 0, time.perf_counter()

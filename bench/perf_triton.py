@@ -31,7 +31,7 @@ import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 from PIL import Image
 
-from perf_common import MODELS, REPOSITORY, ROOT, cifar_jpegs, rate, save, summary
+from perf_common import MODELS, REPOSITORY, ROOT, cifar_jpegs, latency_ms, rate, save, summary
 
 RUN_LOCAL = ROOT / "serve" / "triton_backend" / "run_local.sh"
 OUTPUTS = ("logits", "score", "label", "p_value")
@@ -125,10 +125,9 @@ def load(protocol: str, url: str, model: str, images: np.ndarray, concurrency: i
     for t in threads:
         t.join()
     wall = time.perf_counter() - t0
-    lat = sorted(latencies)
-    q = lambda p: lat[min(len(lat) - 1, int(p * len(lat)))] * 1e3  # noqa: E731
-    return {"requests": len(lat), "errors": len(errors), "first_errors": errors[:3],
-            "requests_per_s": len(lat) / wall, "p50_ms": q(0.5), "p99_ms": q(0.99)}
+    lat = latency_ms(latencies)
+    return {"requests": len(latencies), "errors": len(errors), "first_errors": errors[:3],
+            "requests_per_s": len(latencies) / wall, "p50_ms": lat["p50"], "p99_ms": lat["p99"]}
 
 
 def main() -> None:
