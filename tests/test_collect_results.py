@@ -1,0 +1,40 @@
+"""bench/collect_results.py: grouping by folder, unfinished runs skipped, paired Δ vs CE."""
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+SPEC = importlib.util.spec_from_file_location("collect_results", Path(__file__).parents[1] / "bench" / "collect_results.py")
+collect_results = importlib.util.module_from_spec(SPEC)
+SPEC.loader.exec_module(collect_results)
+
+
+def write_run(root: Path, group: str, name: str, *, method: str, mix: str, seed: int, acc: float, auroc: float,
+              epoch: int = 3) -> None:
+    cfg = {"method": method, "mix": mix, "smoothing_r": 0.75, "arch": "classifier32", "width": 0.25,
+           "seed": seed, "split": 0, "epochs": 3}
+    metrics = {"accuracy": acc, "auroc": auroc, "oscr": acc * auroc, "fpr_at_95tpr": 0.9,
+               "mean_max_logit_known": 2.0, "mean_max_logit_unknown": 1.0}
+    (root / group / name).mkdir(parents=True)
+    (root / group / name / "metrics.json").write_text(json.dumps({"epoch": epoch, "config": cfg, "metrics": metrics}))
+
+
+def test_paired_deltas_subtract_the_ce_run_of_the_same_seed(tmp_path: Path) -> None:
+    write_run(tmp_path, "g", "ce-seed0", method="ce", mix="none", seed=0, acc=0.70, auroc=0.60)
+    write_run(tmp_path, "g", "ce-seed1", method="ce", mix="none", seed=1, acc=0.80, auroc=0.70)
+    write_run(tmp_path, "g", "ad-seed0", method="ad", mix="cutmix", seed=0, acc=0.75, auroc=0.58)
+    write_run(tmp_path, "g", "ad-seed1", method="ad", mix="cutmix", seed=1, acc=0.81, auroc=0.66)
+    write_run(tmp_path, "g", "ad-seed2", method="ad", mix="cutmix", seed=2, acc=0.9, auroc=0.9, epoch=2)  # unfinished
+    groups = collect_results.collect(tmp_path)
+    methods = groups["g"]
+    assert sorted(methods) == ["AD+CutMix [classifier32 w0.25]", "CE [classifier32 w0.25]"]
+    assert len(methods["AD+CutMix [classifier32 w0.25]"]) == 2
+    d = collect_results.paired_deltas(methods, "AD+CutMix [classifier32 w0.25]")
+    assert d["accuracy"] == pytest.approx([0.05, 0.01])
+    assert d["auroc"] == pytest.approx([-0.02, -0.04])
+    assert collect_results.paired_deltas(methods, "CE [classifier32 w0.25]") is None
+    table = collect_results.markdown(groups)
+    assert "| AD+CutMix [classifier32 w0.25] | 2 | 0.7800 ± 0.0424 |" in table
+    assert "-0.0300 ± 0.0141" in table  # mean ± std of the paired AUROC differences
