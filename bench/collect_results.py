@@ -74,18 +74,30 @@ def markdown(groups: dict) -> str:
 
 
 def plot(groups: dict, out: Path) -> None:
+    """One panel per group, three per row; one colour per method (backbone aside) in every panel;
+    small dots are runs, the large marker is the mean over seeds."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, len(groups), figsize=(6 * len(groups), 4.5), squeeze=False)
-    for ax, (group, methods) in zip(axes[0], groups.items()):
-        for label, runs in methods.items():
-            ax.scatter([r["accuracy"] for r in runs], [r["auroc"] for r in runs], label=label)
+    methods = sorted({label.split(" [")[0] for m in groups.values() for label in m})
+    colour = {name: plt.cm.tab10(i % 10) for i, name in enumerate(methods)}
+    cols = min(3, len(groups))
+    rows = -(-len(groups) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(5.5 * cols, 4.3 * rows), squeeze=False)
+    for ax in axes.flat[len(groups):]:
+        ax.set_visible(False)
+    for ax, (group, by_label) in zip(axes.flat, groups.items()):
+        for label, runs in sorted(by_label.items()):
+            acc, auc = [r["accuracy"] for r in runs], [r["auroc"] for r in runs]
+            c = colour[label.split(" [")[0]]
+            ax.scatter(acc, auc, color=c, s=12, alpha=0.6)
+            ax.scatter([statistics.mean(acc)], [statistics.mean(auc)], color=c, s=70, edgecolor="black",
+                       label=f"{label} (n={len(runs)})")
         ax.set(xlabel="closed-set accuracy", ylabel="AUROC (known vs unknown)", title=group)
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
+        ax.legend(fontsize=6.5)
     fig.tight_layout()
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, dpi=110)
