@@ -4,8 +4,9 @@
 #
 #   bench/why_grid.sh logit-scale   # AD+CutMix plus a two-hot CE on every mixed sample (--ad-mixed-ce 1),
 #                                   # teacher = the CPU grid's CE run (runs/cpu/cifar10-s0/ce-seed0)
-#   bench/why_grid.sh long          # 500 images per class for 60 epochs (same number of steps as
-#                                   # the grid's 1,500 x 30): CE, CE+CutMix, AD+CutMix with that CE as teacher
+#   bench/why_grid.sh long          # 500 images per class for 60 epochs (two thirds of the grid's
+#                                   # 1,500 x 30 steps, each image seen twice as often): CE, CE+CutMix,
+#                                   # AD+CutMix with that CE as teacher
 set -u
 PY=${PYTHON:-python}
 DATA=${OSR_DATA_ROOT:-../shared/datasets}
