@@ -24,13 +24,10 @@ import torch
 from torch.utils.data import DataLoader
 
 from osr.train.augment import batch_crop_flip, batch_randaugment, train_transform
-from osr.train.config import TrainConfig
 from osr.train.data import JpegPack
-from osr.train.models import build_model
-from osr.train.steps import Step
 from osr.train.trainer import AugmentedImages, Normalize
 from perf_common import CIFAR_TEST, REPOSITORY, fmt, round_robin, save, summary
-from train_step_speed import make_runner
+from train_step_speed import add_model_args, step_runners
 
 
 def cifar_train(count: int) -> tuple[np.ndarray, np.ndarray]:
@@ -42,11 +39,7 @@ def cifar_train(count: int) -> tuple[np.ndarray, np.ndarray]:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--arch", default="classifier32")
-    ap.add_argument("--width", type=float, default=0.25)
-    ap.add_argument("--teacher-arch", default=None, help="default: the student's arch")
-    ap.add_argument("--teacher-width", type=float, default=None, help="default: the student's width")
-    ap.add_argument("--batch-size", type=int, default=128)
+    add_model_args(ap)
     ap.add_argument("--workers", type=int, default=0, help="DataLoader workers (TrainConfig default 0)")
     ap.add_argument("--images", type=int, default=2560, help="real training images in the loader")
     ap.add_argument("--rounds", type=int, default=12)
@@ -85,17 +78,8 @@ def main() -> None:
     norm = Normalize(manifest["normalize"]["mean"], manifest["normalize"]["std"])
     xb, yb = next(iter(loader))
     x = norm(xb)
-    teacher = build_model(a.teacher_arch or a.arch, classes, a.teacher_width or a.width).eval()
-    steps = {
-        "ce": (TrainConfig(method="ce"), False),
-        "ad_ordinary_step": (TrainConfig(method="ad", mix="cutmix", teacher="t"), False),
-        "ad_mixed_step": (TrainConfig(method="ad", mix="cutmix", teacher="t"), True),
-    }
-    cases = {"data_loading": load_batch, "data_loading_batch_augment": load_batch_augmented}
-    for name, (cfg, mixed) in steps.items():
-        torch.manual_seed(0)
-        student = build_model(a.arch, classes, a.width).train()
-        cases[name] = make_runner(Step(cfg, classes, teacher if cfg.method != "ce" else None), student, x, yb, mixed)
+    cases = {"data_loading": load_batch, "data_loading_batch_augment": load_batch_augmented,
+             **step_runners(a, classes, x, yb, ["ce", "ad_ordinary_step", "ad_mixed_step"])}
     seconds = {name: summary(v) for name, v in round_robin(cases, a.rounds, warmup=2).items()}
     med = {name: s["median"] for name, s in seconds.items()}
     ad_avg = 0.5 * (med["ad_ordinary_step"] + med["ad_mixed_step"])

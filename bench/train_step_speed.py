@@ -38,13 +38,40 @@ def make_runner(step: Step, model, x, y, mixed: bool):
     return run
 
 
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+# The steps timed (name -> config, mixed step?); AD with p_mix 0.5 alternates its two kinds.
+STEP_CASES = {
+    "ce": (TrainConfig(method="ce"), False),
+    "ce_cutmix_mixed_step": (TrainConfig(method="ce", mix="cutmix"), True),
+    "ad_ordinary_step": (TrainConfig(method="ad", mix="cutmix", teacher="t"), False),
+    "ad_mixed_step": (TrainConfig(method="ad", mix="cutmix", teacher="t"), True),
+}
+
+
+def add_model_args(p: argparse.ArgumentParser) -> None:
+    """Student/teacher architecture and batch size, shared with bench/perf_train.py."""
     p.add_argument("--arch", default="classifier32")
     p.add_argument("--width", type=float, default=0.25)
     p.add_argument("--teacher-arch", default=None, help="default: the student's arch")
     p.add_argument("--teacher-width", type=float, default=None, help="default: the student's width")
     p.add_argument("--batch-size", type=int, default=128)
+
+
+def step_runners(a: argparse.Namespace, classes: int, x: torch.Tensor, y: torch.Tensor,
+                 names: list[str]) -> dict:
+    """One timed step runner per case in ``names``, each with a fresh student and the shared teacher."""
+    teacher = build_model(a.teacher_arch or a.arch, classes, a.teacher_width or a.width).to(x.device).eval()
+    runners = {}
+    for name in names:
+        cfg, mixed = STEP_CASES[name]
+        torch.manual_seed(0)
+        student = build_model(a.arch, classes, a.width).to(x.device).train()
+        runners[name] = make_runner(Step(cfg, classes, teacher if cfg.method != "ce" else None), student, x, y, mixed)
+    return runners
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_model_args(p)
     p.add_argument("--image-size", type=int, default=32)
     p.add_argument("--classes", type=int, default=6)
     p.add_argument("--repeats", type=int, default=15)
@@ -55,19 +82,8 @@ def main() -> None:
     dev = torch.device(a.device)
     x = torch.randn(a.batch_size, 3, a.image_size, a.image_size, device=dev)
     y = torch.randint(0, a.classes, (a.batch_size,), device=dev)
-    teacher = build_model(a.teacher_arch or a.arch, a.classes, a.teacher_width or a.width).to(dev).eval()
-    cases = {
-        "ce": (TrainConfig(method="ce"), False),
-        "ce_cutmix_mixed_step": (TrainConfig(method="ce", mix="cutmix"), True),
-        "ad_ordinary_step": (TrainConfig(method="ad", mix="cutmix", teacher="t"), False),
-        "ad_mixed_step": (TrainConfig(method="ad", mix="cutmix", teacher="t"), True),
-    }
-    runners = {}
-    for name, (cfg, mixed) in cases.items():
-        torch.manual_seed(0)
-        student = build_model(a.arch, a.classes, a.width).to(dev).train()
-        runners[name] = make_runner(Step(cfg, a.classes, teacher if cfg.method != "ce" else None), student, x, y, mixed)
-    times: dict[str, list[float]] = {name: [] for name in cases}
+    runners = step_runners(a, a.classes, x, y, list(STEP_CASES))
+    times: dict[str, list[float]] = {name: [] for name in runners}
     for i in range(3 + a.repeats):  # round robin, so load changes on a shared machine hit every case alike
         for name, run in runners.items():
             t = run()

@@ -11,11 +11,12 @@ from collections.abc import Callable
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
-from osr.serve import oip
-from osr.serve.settings import Settings
 from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from osr.serve import oip
+from osr.serve.settings import Settings
 
 log = logging.getLogger("osr.serve")
 
