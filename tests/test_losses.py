@@ -2,7 +2,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from osr.train.losses import dist_loss, learnable_mask, soft_cross_entropy, two_hot
+from osr.train.losses import dist_loss, dist_to_probs, learnable_mask, soft_cross_entropy, two_hot
 
 H4 = torch.tensor([[1.0, 1, 1, 1], [1, -1, 1, -1], [1, 1, -1, -1], [1, -1, -1, 1]])
 
@@ -60,6 +60,37 @@ def test_dist_empty_batch_is_zero_and_differentiable():
     assert loss.item() == 0.0
     loss.backward()
     assert a.grad.shape == (0, 5)
+
+
+def test_dist_to_probs_is_two_for_uncorrelated_and_four_for_anticorrelated_targets():
+    # the Hadamard patterns of the DIST tests above, the target given as probabilities
+    p = _probs_from_pattern(H4[1])
+    assert dist_to_probs(p.log(), _probs_from_pattern(H4[2])).item() == pytest.approx(2.0, abs=1e-5)
+    assert dist_to_probs(p.log(), _probs_from_pattern(H4[1], sign=-1.0)).item() == pytest.approx(4.0, abs=1e-5)
+    assert dist_to_probs(p.log(), p).item() == pytest.approx(0.0, abs=1e-5)
+
+
+def test_dist_to_probs_of_the_teacher_softmax_equals_dist_loss():
+    a, b = torch.randn(6, 5), torch.randn(6, 5)
+    for tau in (1.0, 2.0):
+        torch.testing.assert_close(dist_to_probs(a, F.softmax(b / tau, dim=1), 0.5, 2.0, tau),
+                                   dist_loss(a, b, 0.5, 2.0, tau))
+
+
+def test_dist_to_probs_of_a_mixture_is_not_the_mixture_of_dists():
+    # the lambda-weighted target lam*q1 + (1-lam)*q2 is one distribution: DIST to it is 0 for a
+    # student predicting it, although that student is at DIST > 0 from q1 and from q2
+    q1, q2 = _probs_from_pattern(H4[1]), _probs_from_pattern(H4[2])
+    mix = 0.3 * q1 + 0.7 * q2
+    assert dist_to_probs(mix.log(), mix).item() == pytest.approx(0.0, abs=1e-5)
+    assert dist_to_probs(mix.log(), q1).item() > 0.5 and dist_to_probs(mix.log(), q2).item() > 0.1
+
+
+def test_dist_to_probs_empty_batch_is_zero_and_differentiable():
+    a = torch.randn(0, 5, requires_grad=True)
+    loss = dist_to_probs(a, torch.zeros(0, 5))
+    assert loss.item() == 0.0
+    loss.backward()
 
 
 def test_two_hot_rows_sum_to_one_and_r_zero_is_exact_mix():

@@ -21,6 +21,7 @@ from .models import ARCHS
 METHODS = ("ce", "kd", "ad")
 MIXES = ("none", "mixup", "cutmix")
 SCORES = ("max_logit", "msp", "energy")
+AD_LEARNABLE_TARGETS = ("raw", "mixed", "lam", "none")
 
 
 def _f(default, help: str, choices: tuple | None = None):
@@ -52,6 +53,10 @@ class TrainConfig:
     smoothing_r: float = _f(0.75, "r of the smoothed two-hot target on hard mixed samples (0 = released code)")
     ad_mixed_ce: float = _f(0.0, "weight of a two-hot CE on every mixed sample in AD's mixed steps (0 = the paper's "
                                  "loss; > 0 is a diagnostic: it pushes the logit scale up like CE+CutMix)")
+    ad_learnable_target: str = _f("raw", "target of AD's DIST term on learnable mixed samples: raw = the teacher on the "
+                                         "base image (the paper's code), mixed = the teacher on the mixed image, lam = "
+                                         "lam-weighted pair of the teacher's raw views, none = no such term (ablations)",
+                                  AD_LEARNABLE_TARGETS)
     dist_beta: float = _f(1.0, "DIST inter-class (per-sample) weight")
     dist_gamma: float = _f(1.0, "DIST intra-class (per-class) weight")
     tau: float = _f(1.0, "DIST temperature")
@@ -79,7 +84,7 @@ class TrainConfig:
     resume: bool = _f(False, "continue the run in --out from its checkpoint")
 
     def __post_init__(self) -> None:
-        for name in ("dataset", "arch", "method", "mix", "score"):
+        for name in ("dataset", "arch", "method", "mix", "score", "ad_learnable_target"):
             choices = self.__dataclass_fields__[name].metadata["choices"]
             if getattr(self, name) not in choices:
                 raise ValueError(f"unknown {name} {getattr(self, name)!r}: valid are {', '.join(choices)}")
@@ -114,7 +119,7 @@ class TrainConfig:
 
 
 # Fields added after runs were checkpointed, with the default that reproduces the older behaviour.
-_ADDED_LATER = {"ad_mixed_ce": 0.0}
+_ADDED_LATER = {"ad_mixed_ce": 0.0, "ad_learnable_target": "raw"}
 
 
 def _parse_bool(s: str) -> bool:

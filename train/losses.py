@@ -32,10 +32,26 @@ def dist_loss(
     A batch of one sample has no across-batch correlation: its intra term contributes 0.
     An empty batch gives a zero that still carries a (zero) gradient.
     """
+    return dist_to_probs(student_logits, F.softmax(teacher_logits / tau, dim=1), beta, gamma, tau)
+
+
+def dist_to_probs(
+    student_logits: torch.Tensor,
+    teacher_probs: torch.Tensor,
+    beta: float = 1.0,
+    gamma: float = 1.0,
+    tau: float = 1.0,
+) -> torch.Tensor:
+    """DIST against a target distribution q given directly (rows sum to 1), not as logits.
+
+    For targets that are no single teacher output, e.g. the lambda-weighted pair
+    lam * softmax(t / tau) + (1 - lam) * softmax(t[perm] / tau). Same terms and edge cases as
+    ``dist_loss``, which is this function with q = softmax(teacher / tau).
+    """
     if student_logits.shape[0] == 0:
         return student_logits.sum() * 0.0
     p = F.softmax(student_logits / tau, dim=1)
-    q = F.softmax(teacher_logits / tau, dim=1)
+    q = teacher_probs.to(p.dtype)
     inter = 1.0 - _pearson(p, q).mean()
     if p.shape[0] > 1:
         intra = 1.0 - _pearson(p.t(), q.t()).mean()

@@ -1,7 +1,13 @@
 """One training step per method: CE (optionally mixed), symmetric KD and asymmetric distillation.
 
-Each step takes a normalised batch and returns the loss; the loop owns optimisation. ``mixed``
-is drawn by the loop (probability ``p_mix``) so every method sees the same step schedule.
+Each step takes a normalised batch and returns the loss and its stats; the loop owns
+optimisation. ``mixed`` is drawn by the loop (probability ``p_mix``) so every method sees the
+same step schedule.
+
+The stats hold every weighted term of the loss under a ``loss_`` key (they sum to the loss; a
+term a step kind has is always present, 0 when it has no samples), the mean max-logit of the
+student on the batch and, on AD mixed steps, the learnable fraction. They are detached tensors,
+so reading them costs no device sync until ``EpochTerms.means``.
 """
 
 from __future__ import annotations
@@ -14,7 +20,7 @@ from torch import Tensor, nn
 
 from .augment import cutmix, mixup
 from .config import TrainConfig
-from .losses import dist_loss, learnable_mask, soft_cross_entropy, two_hot
+from .losses import dist_loss, dist_to_probs, learnable_mask, soft_cross_entropy, two_hot
 
 MixFn = Callable[..., tuple[Tensor, Tensor, float]]
 MIX_FNS: dict[str, MixFn] = {"mixup": mixup, "cutmix": cutmix}
@@ -23,6 +29,14 @@ MIX_FNS: dict[str, MixFn] = {"mixup": mixup, "cutmix": cutmix}
 def mixed_ce(logits: Tensor, y: Tensor, perm: Tensor, lam: float) -> Tensor:
     """Two-hot cross-entropy of a mixed batch."""
     return lam * F.cross_entropy(logits, y) + (1 - lam) * F.cross_entropy(logits, y[perm])
+
+
+def _result(s: Tensor, terms: dict[str, Tensor], **extra: Tensor) -> tuple[Tensor, dict]:
+    loss = sum(terms.values())
+    stats = {f"loss_{k}": v.detach() for k, v in terms.items()}
+    stats["max_logit"] = s.detach().max(dim=1).values.mean()
+    stats.update({k: v.detach() for k, v in extra.items()})
+    return loss, stats
 
 
 class Step:
@@ -42,31 +56,61 @@ class Step:
     def __call__(self, student: nn.Module, x: Tensor, y: Tensor, mixed: bool) -> tuple[Tensor, dict]:
         method = self.cfg.method
         if not mixed or self.mix is None:
-            s = student(x)
-            loss = self.cfg.alpha_ce * F.cross_entropy(s.float(), y) if method != "ce" else F.cross_entropy(s.float(), y)
-            if method != "ce":
-                loss = loss + self.dist(s.float(), self._teach(x))
-            return loss, {}
+            s = student(x).float()
+            if method == "ce":
+                return _result(s, {"ce": F.cross_entropy(s, y)})
+            return _result(s, {"ce": self.cfg.alpha_ce * F.cross_entropy(s, y), "dist": self.dist(s, self._teach(x))})
         x_mix, perm, lam = self.mix(x, alpha=self.cfg.mix_alpha)
         if method == "ce":
-            return mixed_ce(student(x_mix).float(), y, perm, lam), {}
+            s_mix = student(x_mix).float()
+            return _result(s_mix, {"ce": mixed_ce(s_mix, y, perm, lam)})
         if method == "kd":  # symmetric: the teacher sees only the mixed image
             s_mix = student(x_mix).float()
-            return mixed_ce(s_mix, y, perm, lam) + self.dist(s_mix, self._teach(x_mix)), {}
+            return _result(s_mix, {"ce": mixed_ce(s_mix, y, perm, lam), "dist": self.dist(s_mix, self._teach(x_mix))})
         return self._asymmetric(student, x, x_mix, y, perm, lam)
 
     def _asymmetric(self, student, x, x_mix, y, perm, lam) -> tuple[Tensor, dict]:
+        cfg = self.cfg
         # One teacher pass over raw and mixed images together: same FLOPs, better utilisation.
         t_raw, t_mix = self._teach(torch.cat([x, x_mix])).chunk(2)
         s_mix = student(x_mix).float()
-        loss = lam * self.dist(s_mix, t_raw) + (1 - lam) * self.dist(s_mix, t_raw[perm])
         learn = learnable_mask(t_mix, y, y[perm])
         hard = ~learn
-        if learn.any():
-            loss = loss + self.dist(s_mix[learn], t_raw[learn])
-        if hard.any():
-            q = two_hot(y, y[perm], lam, self.k, r=self.cfg.smoothing_r)
-            loss = loss + soft_cross_entropy(s_mix[hard], q[hard])
-        if self.cfg.ad_mixed_ce:
-            loss = loss + self.cfg.ad_mixed_ce * mixed_ce(s_mix, y, perm, lam)
-        return loss, {"learnable": float(learn.float().mean())}
+        terms = {"dist_raw_pair": lam * self.dist(s_mix, t_raw) + (1 - lam) * self.dist(s_mix, t_raw[perm])}
+        # The released code's target is the teacher's view of the base image, whatever lam is
+        # (so at lam < 0.5 it pulls toward the minority image); the others are ablations.
+        if cfg.ad_learnable_target == "raw":
+            terms["learnable"] = self.dist(s_mix[learn], t_raw[learn])
+        elif cfg.ad_learnable_target == "mixed":
+            terms["learnable"] = self.dist(s_mix[learn], t_mix[learn])
+        elif cfg.ad_learnable_target == "lam":
+            q = lam * F.softmax(t_raw / cfg.tau, dim=1) + (1 - lam) * F.softmax(t_raw[perm] / cfg.tau, dim=1)
+            terms["learnable"] = dist_to_probs(s_mix[learn], q[learn], cfg.dist_beta, cfg.dist_gamma, cfg.tau)
+        q_hard = two_hot(y, y[perm], lam, self.k, r=cfg.smoothing_r)
+        terms["hard_soft_ce"] = soft_cross_entropy(s_mix[hard], q_hard[hard])
+        if cfg.ad_mixed_ce:
+            terms["mixed_ce"] = cfg.ad_mixed_ce * mixed_ce(s_mix, y, perm, lam)
+        return _result(s_mix, terms, learnable_fraction=learn.float().mean())
+
+
+class EpochTerms:
+    """Per-epoch means of the step stats, kept apart for ordinary and mixed steps.
+
+    Within a kind every step has the same keys, so the ``loss_`` means of a kind add up to the
+    mean loss of its steps.
+    """
+
+    def __init__(self) -> None:
+        self.sums: dict[str, dict[str, Tensor | float]] = {"ordinary": {}, "mixed": {}}
+        self.counts = {"ordinary": 0, "mixed": 0}
+
+    def add(self, mixed: bool, stats: dict) -> None:
+        kind = "mixed" if mixed else "ordinary"
+        self.counts[kind] += 1
+        sums = self.sums[kind]
+        for k, v in stats.items():
+            sums[k] = sums.get(k, 0.0) + v
+
+    def means(self) -> dict[str, dict[str, float]]:
+        return {kind: {k: float(v) / self.counts[kind] for k, v in sums.items()}
+                for kind, sums in self.sums.items() if self.counts[kind]}

@@ -27,7 +27,7 @@ from .config import TrainConfig
 from .data import OpenSetData, load_open_set
 from .metrics import SCORES, auroc, known_score, open_set_metrics
 from .models import build_model
-from .steps import Step
+from .steps import EpochTerms, Step
 
 
 class NonFiniteLossError(RuntimeError):
@@ -266,6 +266,7 @@ class Trainer:
         self.sampler.set_epoch(self.epoch)
         self.net.train()
         total, n, mixed_steps, t0 = 0.0, 0, 0, time.perf_counter()
+        terms = EpochTerms()
         bar = tqdm(self._batches(), total=self.steps_per_epoch, desc=f"epoch {self.epoch + 1}/{cfg.epochs}", disable=not self.progress,
                    leave=False, dynamic_ncols=True)
         for x, y in bar:
@@ -275,7 +276,7 @@ class Trainer:
                 x = x.contiguous(memory_format=torch.channels_last)
             mixed = cfg.mix != "none" and torch.rand(()).item() < cfg.p_mix
             with _autocast(self.device, cfg.amp):
-                loss, _ = self.step(self.net, self.norm(x), y, mixed)
+                loss, step_stats = self.step(self.net, self.norm(x), y, mixed)
             value = loss.item()
             if not math.isfinite(value):
                 raise NonFiniteLossError(
@@ -288,10 +289,12 @@ class Trainer:
             total += value
             n += 1
             mixed_steps += mixed
+            terms.add(mixed, step_stats)
             bar.set_postfix(loss=f"{total / n:.3f}")
         return {"train_loss": total / max(n, 1), "mixed_steps": mixed_steps, "steps": n,
                 "epoch_seconds": time.perf_counter() - t0,
-                "images_per_second": n * x.shape[0] * self.world / (time.perf_counter() - t0)}
+                "images_per_second": n * x.shape[0] * self.world / (time.perf_counter() - t0),
+                "terms": terms.means()}
 
     def fit(self, stop_after: int | None = None) -> dict:
         """Train to cfg.epochs (or stop after ``stop_after`` epochs of this call, to simulate a crash)."""
