@@ -27,6 +27,8 @@ EOF
 }
 
 if ! ready; then
+  # stderr: stdout carries only the venv path (make test reads it).
+  echo "setup_triton: installing ${requirements[*]} into $venv (once; about 450 MB, a minute or two)" >&2
   log=$(mktemp)
   trap 'rm -f "$log"' EXIT
   if ! { "$python" -m venv --clear "$venv" && "$venv/bin/pip" install --disable-pip-version-check "${requirements[@]}"; } >"$log" 2>&1; then

@@ -1,10 +1,12 @@
 """osr-export: checkpoint -> calibrated ONNX decision graph in a Triton-style model repository.
 
-    osr-export runs/<run>/checkpoint.pt --repository model_repository --alpha 0.05
+    osr-export runs/<run>/checkpoint.pt --repository exports --alpha 0.05
 
 Writes <repository>/<name>/<version>/{model.onnx, manifest.json, report/} atomically plus
 <repository>/<name>/config.pbtxt and configs/cpu.pbtxt; with --int8 also the `<name>-int8`
-model, with --tensorrt the `<name>-trt` model (TensorRT engine).
+model, with --tensorrt the `<name>-trt` model (TensorRT engine). The repository defaults to
+./exports, never to the bundled ./model_repository; nothing that exists is changed without
+--force (see osr.export.repository).
 """
 
 from __future__ import annotations
@@ -22,6 +24,9 @@ from osr.export.graph import SCORE_FUNCTIONS
 
 log = logging.getLogger("osr.export")
 
+DEFAULT_REPOSITORY = Path("exports")
+DEFAULT_ALPHA = 0.05  # osr.train.folder_check warns when the calibration hold-out is too small for it
+
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
@@ -30,11 +35,20 @@ def build_parser() -> argparse.ArgumentParser:
         "into a Triton-style model repository.",
     )
     parser.add_argument("checkpoint", type=Path, help="checkpoint.pt, or the run folder holding it")
-    parser.add_argument("--repository", type=Path, default=Path("model_repository"), help="model repository root")
+    parser.add_argument(
+        "--repository",
+        type=Path,
+        default=DEFAULT_REPOSITORY,
+        help=f"model repository root (default: ./{DEFAULT_REPOSITORY}, ignored by git; the bundled ./model_repository "
+        "is written only when named here); serve it with osr-serve --model-repository DIR --model NAME",
+    )
     parser.add_argument("--name", help="model name (default: the run id); letters, digits, '_', '-', '.'")
     parser.add_argument("--version", type=int, help="version number (default: newest + 1)")
     parser.add_argument(
-        "--alpha", type=float, default=0.05, help="target false-rejection rate for known images (default 0.05)"
+        "--alpha",
+        type=float,
+        default=DEFAULT_ALPHA,
+        help=f"target false-rejection rate for known images (default {DEFAULT_ALPHA})",
     )
     parser.add_argument(
         "--confidence",
@@ -45,7 +59,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--per-class", action="store_true", help="one threshold per predicted class (Mondrian conformal)"
     )
-    parser.add_argument("--score", choices=SCORE_FUNCTIONS, default="max_logit", help="score function")
+    parser.add_argument(
+        "--score",
+        choices=SCORE_FUNCTIONS,
+        default="max_logit",
+        help="known-ness score the threshold applies to (default: max_logit)",
+    )
     parser.add_argument("--int8", action="store_true", help="also write a statically quantised <name>-int8 model")
     parser.add_argument(
         "--tensorrt", action="store_true", help="also build a TensorRT engine as <name>-trt (needs TensorRT and a GPU)"
@@ -57,7 +76,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="config.pbtxt: run the ONNX model with onnxruntime's TensorRT accelerator inside Triton",
     )
     parser.add_argument("--max-batch-size", type=int, default=64, help="Triton max_batch_size (default 64)")
-    parser.add_argument("--force", action="store_true", help="replace an existing version")
+    parser.add_argument(
+        "--force",
+        action="store_true",
+        help="allow changing what exists: replace an existing version, add a version whose classes or input "
+        "differ from the model's newest version, rewrite the model's config.pbtxt / configs/cpu.pbtxt "
+        "(without it each is refused before any work)",
+    )
     parser.add_argument("--data-root", type=Path, help="dataset root (default: the one in the training config)")
     parser.add_argument("--no-report", action="store_true", help="skip the test-set report (faster)")
     return parser
@@ -160,16 +185,13 @@ def run(args: argparse.Namespace) -> Path:
     if args.tensorrt:
         require_tensorrt()  # before loading anything
 
-    from osr.export.pipeline import ExportOptions, export_to_repository
-    from osr.export.repository import check_version_free, next_version
+    from osr.export.pipeline import ExportOptions, export_to_repository, preflight
+    from osr.export.repository import next_version
     from osr.train.checkpoint import load_checkpoint
 
     ckpt = load_checkpoint(args.checkpoint)
     name = args.name or default_name(ckpt)
     version = args.version or next_version(args.repository, name)
-    check_version_free(args.repository, name, version, args.force)
-    log.info("exporting %s as %s version %d into %s", args.checkpoint, name, version, args.repository)
-    inputs = inputs_from_checkpoint(ckpt, args.data_root)
     options = ExportOptions(
         repository=args.repository,
         name=name,
@@ -186,6 +208,9 @@ def run(args: argparse.Namespace) -> Path:
         max_batch_size=args.max_batch_size,
         report=not args.no_report,
     )
+    preflight(list(ckpt["classes"]), int(ckpt["image_size"]), options, version)  # before the data is loaded
+    log.info("exporting %s as %s version %d into %s", args.checkpoint, name, version, args.repository)
+    inputs = inputs_from_checkpoint(ckpt, args.data_root)
     result = export_to_repository(inputs, options)
     return result.version_dir
 

@@ -22,7 +22,14 @@ from torch import nn
 from osr.export import conformal
 from osr.export.graph import OsrGraph, export_onnx, input_specs, output_specs, run_torch, verify_onnx
 from osr.export.manifest import RESIZE_RULE, SCHEMA_VERSION, sha256_file, write_manifest
-from osr.export.repository import check_version_free, next_version, version_writer, write_model_configs
+from osr.export.repository import (
+    check_compatible,
+    check_model_configs,
+    check_version_free,
+    next_version,
+    version_writer,
+    write_model_configs,
+)
 
 log = logging.getLogger(__name__)
 
@@ -155,12 +162,12 @@ def build_manifest(
     return manifest
 
 
-def write_triton_configs(model_dir: Path, manifest: dict, options: ExportOptions) -> None:
+def render_triton_configs(manifest: dict, options: ExportOptions) -> tuple[str, str] | None:
+    """(config.pbtxt, configs/cpu.pbtxt) texts, or None when the renderer is not installed."""
     try:
         from osr.export.triton_config import render_config
     except ImportError:
-        log.warning("osr.export.triton_config is missing; no config.pbtxt written for %s", model_dir)
-        return
+        return None
     gpu = render_config(
         manifest,
         "gpu",
@@ -168,23 +175,56 @@ def write_triton_configs(model_dir: Path, manifest: dict, options: ExportOptions
         tensorrt=options.tensorrt_accelerator,
         tensorrt_fp16=options.tensorrt_fp16,
     )
-    cpu = render_config(manifest, "cpu", max_batch_size=options.max_batch_size)
-    write_model_configs(model_dir, gpu, cpu)
+    return gpu, render_config(manifest, "cpu", max_batch_size=options.max_batch_size)
+
+
+def write_triton_configs(model_dir: Path, manifest: dict, options: ExportOptions) -> None:
+    configs = render_triton_configs(manifest, options)
+    if configs is None:
+        log.warning("osr.export.triton_config is missing; no config.pbtxt written for %s", model_dir)
+        return
+    write_model_configs(model_dir, *configs, force=options.force)
+
+
+def preflight(classes: list[str], image_size: int, options: ExportOptions, version: int) -> None:
+    """Everything that would make the export refuse to write, checked before any work: a taken
+    version, a model whose newest version has other classes or another input, a model config
+    that would change (each allowed with options.force), for the model and its variants."""
+    repository = Path(options.repository)
+    inputs = input_specs(image_size)
+    names = [options.name]
+    if options.int8:
+        names.append(options.name + INT8_SUFFIX)
+    if options.tensorrt:
+        names.append(options.name + TENSORRT_SUFFIX)
+    for name in names:
+        check_version_free(repository, name, version, options.force)
+        check_compatible(repository, name, classes, inputs, version, options.force)
+    # What the configs will say depends only on names, tensors and options, known now.
+    outline = {"name": options.name, "version": version, "inputs": inputs, "outputs": output_specs(len(classes))}
+    configs = render_triton_configs(outline, options)
+    if configs is None:
+        return
+    check_model_configs(repository / options.name, *configs, force=options.force)
+    if options.int8:
+        int8 = render_triton_configs({**outline, "name": options.name + INT8_SUFFIX}, options)
+        check_model_configs(repository / (options.name + INT8_SUFFIX), *int8, force=options.force)
+    if options.tensorrt:
+        from osr.export.triton_config import render_tensorrt_plan_config
+
+        plan = render_tensorrt_plan_config(outline, max_batch_size=options.max_batch_size)
+        check_model_configs(repository / (options.name + TENSORRT_SUFFIX), plan, None, force=options.force)
 
 
 def export_to_repository(inputs: ExportInputs, options: ExportOptions) -> ExportResult:
     """Run the whole export; returns the new version folder and its manifest."""
     repository = Path(options.repository)
     version = options.version or next_version(repository, options.name)
-    check_version_free(repository, options.name, version, options.force)
     if options.tensorrt:
         from osr.export.tensorrt import require_tensorrt
 
         require_tensorrt()
-    if options.int8:
-        check_version_free(repository, options.name + INT8_SUFFIX, version, options.force)
-    if options.tensorrt:
-        check_version_free(repository, options.name + TENSORRT_SUFFIX, version, options.force)
+    preflight(list(inputs.classes), int(inputs.image_size), options, version)
 
     model = inputs.model.eval()
     num_classes = len(inputs.classes)

@@ -209,5 +209,6 @@ def export_tensorrt_variant(
             Path(options.repository) / name,
             render_tensorrt_plan_config(base, max_batch_size=options.max_batch_size),
             None,
+            force=options.force,
         )
     return Path(options.repository) / name / str(version)

@@ -135,3 +135,41 @@ def test_cli_refuses_bad_calibration_and_arguments(checkpoint: Path, tmp_path: P
 def test_default_name_is_a_valid_model_name() -> None:
     assert cli.default_name({"run_id": "cifar10/ad seed=1"}) == "cifar10-ad-seed-1"
     assert cli.default_name({"path": "/runs/abc/checkpoint.pt"}) == "abc"
+
+
+def _tree(root: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def test_existing_models_are_not_changed_without_force(checkpoint: Path, tmp_path: Path, capsys) -> None:
+    repository = tmp_path / "repo"
+    base = [str(checkpoint), "--repository", str(repository), "--name", "m", "--no-report", "--alpha", "0.1"]
+    assert cli.main(base) == 0
+    before = _tree(repository)
+
+    other = torch.load(checkpoint, weights_only=True)
+    other["classes"] = ["0", "1", "2"]  # e.g. an MNIST run exported under the same name
+    other_path = tmp_path / "other.pt"
+    torch.save(other, other_path)
+    with pytest.raises(SystemExit, match=r"version 1 differs from this export: classes \[blue, green, red\] \(3\) "
+                                         r"-> \[0, 1, 2\] \(3\). Pass --force"):
+        cli.main([str(other_path), *base[1:]])
+    with pytest.raises(SystemExit, match=r"config.pbtxt exists with other content \(first change: "
+                                         r"'max_batch_size: 64' -> 'max_batch_size: 32'.*pass --force"):
+        cli.main([*base, "--max-batch-size", "32"])
+    assert _tree(repository) == before  # refused before any work: byte-identical
+
+    # A compatible version 2 keeps the model's configs as they are (their content is unchanged).
+    assert cli.main(base) == 0
+    assert Path(capsys.readouterr().out.split()[-1]) == repository / "m" / "2"
+    assert (repository / "m" / "config.pbtxt").read_bytes() == before["m/config.pbtxt"]
+    assert (repository / "m" / "configs" / "cpu.pbtxt").read_bytes() == before["m/configs/cpu.pbtxt"]
+
+    assert cli.main([*base, "--max-batch-size", "32", "--force"]) == 0
+    assert "max_batch_size: 32" in (repository / "m" / "config.pbtxt").read_text()
+
+
+def test_help_shows_the_defaults() -> None:
+    text = " ".join(cli.build_parser().format_help().split())
+    assert "default: ./exports, ignored by git" in text and "default: max_logit" in text
+    assert cli.build_parser().get_default("repository") == Path("exports")

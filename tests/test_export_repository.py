@@ -60,3 +60,52 @@ def test_model_configs(tmp_path: Path) -> None:
     write_model_configs(tmp_path / "m", "gpu text\n", "cpu text\n")
     assert (tmp_path / "m" / "config.pbtxt").read_text() == "gpu text\n"
     assert (tmp_path / "m" / "configs" / "cpu.pbtxt").read_text() == "cpu text\n"
+
+
+def _version(repository: Path, name: str, version: int, classes: list[str], size: int = 32) -> None:
+    import json
+
+    from osr.export.graph import input_specs
+
+    with version_writer(repository, name, version) as staging:
+        manifest = {"classes": classes, "inputs": input_specs(size)}
+        (staging / "manifest.json").write_text(json.dumps(manifest))
+
+
+def test_a_version_with_other_classes_or_input_needs_force(tmp_path: Path) -> None:
+    from osr.export.graph import input_specs
+    from osr.export.repository import IncompatibleModelError, check_compatible
+
+    _version(tmp_path, "m", 1, ["cat", "dog"])
+    check_compatible(tmp_path, "m", ["cat", "dog"], input_specs(32), 2)  # same model: fine
+    check_compatible(tmp_path, "new", ["x"], input_specs(28), 1)  # no model yet: fine
+    with pytest.raises(IncompatibleModelError, match=r"classes \[cat, dog\] \(2\) -> \[0, 1, 2\] \(3\)"):
+        check_compatible(tmp_path, "m", ["0", "1", "2"], input_specs(32), 2)
+    with pytest.raises(IncompatibleModelError, match=r"classes .*; input shape \[\[-1, 32, 32, 3\]\] -> \[\[-1, 28"):
+        check_compatible(tmp_path, "m", ["dog", "cat"], input_specs(28), 2)
+    renamed = [dict(input_specs(32)[0], name="pixels")]
+    with pytest.raises(IncompatibleModelError, match=r"input name \['images'\] -> \['pixels'\].*--force"):
+        check_compatible(tmp_path, "m", ["cat", "dog"], renamed, 2)
+    check_compatible(tmp_path, "m", ["0", "1", "2"], input_specs(28), 2, force=True)
+    check_compatible(tmp_path, "m", ["0", "1", "2"], input_specs(28), 1)  # replacing the only version
+
+
+def test_configs_are_kept_when_equal_and_refused_when_they_would_change(tmp_path: Path) -> None:
+    from osr.export.repository import ConfigChangedError
+
+    model = tmp_path / "m"
+    write_model_configs(model, "# from version 1\nname: \"m\"\nmax_batch_size: 64\n", "kind: CPU\n")
+    before = (model / "config.pbtxt").stat().st_mtime_ns
+    # Only the comment differs: the file is left as it is.
+    write_model_configs(model, "# from version 2\nname: \"m\"\nmax_batch_size: 64\n", "kind: CPU\n")
+    assert (model / "config.pbtxt").read_text().startswith("# from version 1")
+    assert (model / "config.pbtxt").stat().st_mtime_ns == before
+    with pytest.raises(ConfigChangedError, match=r"config.pbtxt exists with other content .*'max_batch_size: 64' -> 'max_batch_size: 8'.*--force"):
+        write_model_configs(model, "name: \"m\"\nmax_batch_size: 8\n", "kind: CPU\n")
+    with pytest.raises(ConfigChangedError, match=r"configs/cpu.pbtxt exists"):
+        write_model_configs(model, "name: \"m\"\nmax_batch_size: 64\n", "kind: GPU\n")
+    assert "max_batch_size: 64" in (model / "config.pbtxt").read_text()  # nothing written on refusal
+    assert (model / "configs" / "cpu.pbtxt").read_text() == "kind: CPU\n"
+    write_model_configs(model, "name: \"m\"\nmax_batch_size: 8\n", "kind: GPU\n", force=True)
+    assert (model / "config.pbtxt").read_text() == "name: \"m\"\nmax_batch_size: 8\n"
+    assert (model / "configs" / "cpu.pbtxt").read_text() == "kind: GPU\n"
