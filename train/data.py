@@ -2,8 +2,9 @@
 
 Every source ends up as uint8 NHWC RGB numpy arrays held in memory (the datasets of the
 open-set protocol are small), so augmentation and evaluation never touch the disk again.
-Sources: the JPEG-pack ``.npz`` files of ``shared/datasets`` (see its README), torchvision
-datasets (``download=True`` where there is internet) and ``ImageFolder`` trees.
+Sources: JPEG-pack ``.npz`` files under ``--data-root`` (format in README.md, "1. Train"),
+torchvision datasets (``download=True`` where there is internet) and ``ImageFolder`` trees
+(checked up front by ``osr.train.folder_check``).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from typing import Iterable
 import numpy as np
 from PIL import Image
 
-from osr.images import decode_file, resize_for_model
+from osr.images import resize_for_model
 
 DATASETS = ("cifar10", "mnist", "tiny_imagenet", "imagefolder")
 DEFAULT_IMAGE_SIZE = {"cifar10": 32, "mnist": 32, "tiny_imagenet": 64, "imagefolder": 32}
@@ -31,9 +32,9 @@ _PACKS = {
     "tiny_imagenet": ("tiny_imagenet", "train_known_union_part*.npz", "val.npz"),
 }
 _HOW_TO_GET = (
-    "Point --data-root (or OSR_DATA_ROOT) at a folder holding {want}. The JPEG packs ship in "
-    "shared/datasets of this project's workspace; with internet, --download fetches CIFAR-10 and "
-    "MNIST through torchvision instead."
+    "Point --data-root (or OSR_DATA_ROOT) at a folder holding {want}; with internet, --download fetches "
+    "CIFAR-10 and MNIST through torchvision instead. README.md, section '1. Train', says where each dataset "
+    "comes from and how to make the packs."
 )
 
 
@@ -247,6 +248,7 @@ def load_open_set(
     max_train_per_class: int | None = None,
     max_test_per_class: int | None = None,
     download: bool = False,
+    skip_bad_images: bool = False,
 ) -> OpenSetData:
     """Build one open-set split. The calibration hold-out is drawn first, from all training
     images of each known class, so it never depends on ``max_train_per_class``."""
@@ -257,7 +259,8 @@ def load_open_set(
     root = Path(data_root)
     size = image_size or DEFAULT_IMAGE_SIZE[dataset]
     if dataset == "imagefolder":
-        return _load_imagefolder(root, size, calib_fraction, split_seed, max_train_per_class, max_test_per_class)
+        return _load_imagefolder(root, size, calib_fraction, split_seed, max_train_per_class, max_test_per_class,
+                                 skip_bad_images)
 
     known, unknown, names = known_unknown(dataset, split)
     src = _source(dataset, root, download)
@@ -279,46 +282,43 @@ def load_open_set(
     )
 
 
-def _list_images(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
-
-
-def _load_folder(paths: list[Path], size: int) -> np.ndarray:
-    if not paths:
-        return np.empty((0, size, size, 3), np.uint8)
-    return np.stack([resize_for_model(decode_file(p), size) for p in paths])
-
-
 def _load_imagefolder(root: Path, size: int, calib_fraction: float, seed: int,
-                      max_train: int | None, max_test: int | None) -> OpenSetData:
+                      max_train: int | None, max_test: int | None, skip_bad_images: bool = False) -> OpenSetData:
     """``root/train/<class>/*``, ``root/test/<class>/*`` and an optional ``root/unknown/**``
-    (images of classes the model must reject, for evaluation only)."""
-    train_dir = root / "train"
-    if not train_dir.is_dir():
-        raise DataError(f"ImageFolder data expects {train_dir}/<class>/<image> (and test/, optionally unknown/)")
-    classes = sorted(d.name for d in train_dir.iterdir() if d.is_dir())
-    if len(classes) < 2:
-        raise DataError(f"{train_dir} must hold at least two class folders, found {classes}")
-    paths, labels = [], []
-    for k, c in enumerate(classes):
-        files = _list_images(train_dir / c)
-        paths += files
-        labels += [k] * len(files)
-    labels = np.asarray(labels, dtype=np.int64)
+    (images of classes the model must reject, for evaluation only).
+
+    The tree is checked first (``osr.train.folder_check``) and every file is decoded before the
+    hold-out is drawn, so a bad file is named with its path, or left out everywhere alike
+    (``skip_bad_images``) and the calibration indices stay those of the decodable files."""
+    from .folder_check import check_calibration, check_classes_after_decoding, decode_images, report_bad_images, scan_tree
+
+    tree = scan_tree(root)
+    classes = tree.classes
+    train_paths = [path for c in classes for path in tree.train[c]]
+    train_labels = np.repeat(np.arange(len(classes)), [len(tree.train[c]) for c in classes])
+    test_paths = [path for c in classes for path in tree.test[c]]
+    test_labels = np.repeat(np.arange(len(classes)), [len(tree.test[c]) for c in classes])
+    train_all, train_good, bad = decode_images(train_paths, size)
+    test_all, test_good, bad_test = decode_images(test_paths, size)
+    unknown_all, _, bad_unknown = decode_images(tree.unknown, size)
+    report_bad_images(bad + bad_test + bad_unknown, skip_bad_images)
+
+    labels = train_labels[train_good]
+    test_labels = test_labels[test_good]
+    check_classes_after_decoding(classes, np.bincount(labels, minlength=len(classes)).tolist(),
+                                 np.bincount(test_labels, minlength=len(classes)).tolist())
     keep, hold = stratified_holdout(labels, calib_fraction, seed)
+    check_calibration(classes, np.bincount(labels, minlength=len(classes)).tolist(),
+                      np.bincount(labels[hold], minlength=len(classes)).tolist(), calib_fraction)
     keep = _per_class_cap(labels, keep, max_train, seed)
-    test_paths, test_labels = [], []
-    for k, c in enumerate(classes):
-        files = _list_images(root / "test" / c) if (root / "test" / c).is_dir() else []
-        test_paths += files[: max_test or None]
-        test_labels += [k] * len(files[: max_test or None])
-    unknown = _list_images(root / "unknown") if (root / "unknown").is_dir() else []
+    # max_test: the first images of each class (sorted by path), as before the check existed
+    test_keep = np.concatenate([np.flatnonzero(test_labels == k)[: max_test or None] for k in range(len(classes))])
     return OpenSetData(
         dataset="imagefolder", split=0, classes=classes, image_size=size,
-        train_x=_load_folder([paths[i] for i in keep], size), train_y=labels[keep],
-        calib_x=_load_folder([paths[i] for i in hold], size), calib_y=labels[hold], calib_indices=hold,
-        test_known_x=_load_folder(test_paths, size), test_known_y=np.asarray(test_labels, np.int64),
-        test_unknown_x=_load_folder(unknown[: max_test or None], size),
+        train_x=train_all[keep], train_y=labels[keep],
+        calib_x=train_all[hold], calib_y=labels[hold], calib_indices=hold,
+        test_known_x=test_all[test_keep], test_known_y=test_labels[test_keep].astype(np.int64),
+        test_unknown_x=unknown_all[: max_test or None],
         known_source_labels=list(range(len(classes))),
     )
 
@@ -330,4 +330,5 @@ def open_set_from_config(config: dict, data_root: str | os.PathLike | None = Non
         image_size=config.get("image_size"), calib_fraction=config["calib_fraction"],
         split_seed=config["split_seed"], max_train_per_class=config.get("max_train_per_class"),
         max_test_per_class=config.get("max_test_per_class"), download=config.get("download", False),
+        skip_bad_images=config.get("skip_bad_images", False),
     )
