@@ -1,0 +1,123 @@
+#!/bin/bash
+# Issue 11, item 2: search for a regime where mixing pays on this CPU. CE against CE+CutMix only,
+# CIFAR-10 split 0, over settings of (architecture, width, training images per class, epochs);
+# the regime is found when CE+CutMix beats CE on closed-set accuracy by >= 1 point, paired by seed
+# over 3 seeds. Resumable like cpu_grid.sh: a run whose metrics.json reached its final epoch is
+# skipped (committed copy or run folder), an interrupted one continues with --resume.
+#
+#   bench/regime_search.sh [ARCH:WIDTH:IMAGES_PER_CLASS:EPOCHS ...]   # default: the settings below
+#   bench/regime_search.sh summary                                    # paired accuracy deltas so far
+#   e.g. SEEDS=0 bench/regime_search.sh classifier32:0.5:150:100      # screen one setting on seed 0
+#
+# Runs: runs/regime/<tag>/{ce,ce-cutmix}-seed<seed>/, tag = <arch>-w<width>-n<images>-e<epochs>;
+# metrics.json + log.jsonl copied to $RESULTS/regime/<tag>/<run>-seed<seed>/.
+# Environment: PYTHON (python), OSR_DATA_ROOT (../shared/datasets), RESULTS (bench/results),
+# SEEDS ("0 1 2"), FLAGS (extra osr-train flags, word-split). Test metrics are computed twice per
+# run (half-way and at the end: --eval-every EPOCHS/2), on the full test sets (6,000 known,
+# 4,000 unknown images).
+#
+# Estimated minutes per run (one CE or CE+CutMix run; a CutMix step costs what a CE step does).
+# ONE epoch of each setting was timed (150 images per class, CutMix, batch 128, nice -n 19, on
+# 2026-12-01 while other jobs shared the 2 cores: load average 6-9), giving the "measured" column.
+# The "idle" column projects an idle machine: the idle reference classifier32 w0.25 (CE+CutMix,
+# 500 images per class: 2.6 ms per training image, about a third of it per-image augmentation;
+# bench/results/why-long-cifar10-s0/ce-cutmix-seed0/log.jsonl) scaled by forward FLOPs
+# (torch.utils.flop_counter); that came out at measured / 2.4-2.7 for the classifier32 rows, and
+# the resnet18 rows use measured / 2.5 (resnet18 w0.25 runs slower than its FLOPs: many thin
+# layers). Evaluation assumes a forward pass costs a third of the reference's compute per image.
+# Per run = epochs x 6 classes x images x ms/img + 2 evaluations + ~15 s start.
+#
+#   setting          params  MFLOP/img  ms/img measured(loaded)  ms/img idle(projected)  eval 10k imgs idle
+#   classifier32 w0.5   251k     83          22.2                     8.1                     25 s
+#   classifier32 w0.75  563k    186          41.5                    17.3                     55 s
+#   classifier32 w1     1.0M    329          73.0                    30.2                     98 s
+#   resnet18 w0.25      701k     70          31.0                    12.4                     21 s
+#   resnet18 w0.5       2.8M    279          58.1                    23.2                     83 s
+#
+#   idle projection, minutes per run   images/class:   150                300                500
+#                                      epochs:       60  100  200       60  100  200       60  100  200
+#   classifier32 w0.5                                 8   13   26       16   26   50       26   42   83
+#   classifier32 w0.75                               18   28   54       33   54  106       54   89  175
+#   classifier32 w1                                  31   49   94       58   94  184       94  154  305
+#   resnet18 w0.25                                   12   20   38       23   38   75       38   63  125
+#   resnet18 w0.5                                    24   38   73       45   73  142       73  119  235
+# At the loaded speed every entry is about 2.5x longer (only classifier32 w0.5, 150 x 60 stays
+# under 25 minutes). The loaded speed is noisy: the same 1-epoch run of classifier32 w0.25 took
+# 26.5 ms/img, 10x its idle speed, so time a setting on an idle machine before trusting a row. Nothing of this grid has been run; the timing runs: 1 epoch each of
+#   python -m osr.train.cli --dataset cifar10 --split 0 --data-root ../shared/datasets --arch A --width W \
+#     --max-train-per-class 150 --max-test-per-class 250 --epochs 1 --batch-size 128 --mix cutmix --device cpu
+#
+# Default settings: those projected at about 25 minutes per run or less on an idle machine, in
+# order of projected cost (13, 16, 18, 20, 24, 26 minutes): 6 runs per setting with 3 seeds.
+set -u
+PY=${PYTHON:-python}
+DATA=${OSR_DATA_ROOT:-../shared/datasets}
+RESULTS=${RESULTS:-bench/results}
+SEEDS=${SEEDS:-0 1 2}
+DEFAULT_SETTINGS=(
+  classifier32:0.5:150:100
+  classifier32:0.5:300:60
+  classifier32:0.75:150:60
+  resnet18:0.25:150:100
+  resnet18:0.5:150:60
+  classifier32:0.5:150:200
+)
+
+finished() { [ -f "$1" ] && "$PY" -c "import json,sys; d=json.load(open('$1')); sys.exit(d['epoch'] != d['config']['epochs'])"; }
+
+summary() {  # per setting: CE+CutMix - CE accuracy (and AUROC), paired by seed
+  "$PY" - "$RESULTS/regime" <<'EOF'
+import json, statistics, sys
+from pathlib import Path
+for tag in sorted(p for p in Path(sys.argv[1]).glob("*") if p.is_dir()):
+    rows = []
+    for ce in sorted(tag.glob("ce-seed*/metrics.json")):
+        mix = tag / ce.parent.name.replace("ce-", "ce-cutmix-") / "metrics.json"
+        if not mix.exists():
+            continue
+        a, b = json.loads(ce.read_text()), json.loads(mix.read_text())
+        if a["epoch"] != a["config"]["epochs"] or b["epoch"] != b["config"]["epochs"]:
+            continue
+        rows.append((a["metrics"]["accuracy"], b["metrics"]["accuracy"], b["metrics"]["auroc"] - a["metrics"]["auroc"]))
+    if rows:
+        d = [100 * (b - a) for a, b, _ in rows]
+        spread = f" ± {statistics.stdev(d):.2f}" if len(d) > 1 else ""
+        print(f"{tag.name}: {len(rows)} seeds, CE acc {statistics.mean(a for a, _, _ in rows):.4f}, "
+              f"CutMix - CE acc {statistics.mean(d):+.2f}{spread} points (per seed {', '.join(f'{x:+.2f}' for x in d)}), "
+              f"AUROC {statistics.mean(100 * x for _, _, x in rows):+.2f} points")
+EOF
+}
+
+run() {  # tag name seed flags...
+  local tag=$1 name=$2 seed=$3; shift 3
+  local out="runs/regime/$tag/$name-seed$seed" kept="$RESULTS/regime/$tag/$name-seed$seed"
+  if finished "$kept/metrics.json"; then echo "done already (committed): $kept"; return 0; fi
+  if finished "$out/metrics.json"; then
+    echo "done already: $out"
+  else
+    local resume=(); [ -f "$out/checkpoint.pt" ] && resume=(--resume)
+    mkdir -p "$(dirname "$out")"
+    echo "$(date +%T) start $out"
+    # shellcheck disable=SC2086  # FLAGS is a word list on purpose
+    "$PY" -m osr.train.cli --dataset cifar10 --split 0 --data-root "$DATA" --batch-size 128 --seed "$seed" \
+      --out "$out" "${resume[@]}" "$@" ${FLAGS:-} > "$out.log" 2>&1 \
+      || { echo "FAILED $out (see $out.log)"; return 1; }
+    echo "$(date +%T) done $out"
+  fi
+  mkdir -p "$kept" && cp "$out/metrics.json" "$out/log.jsonl" "$kept/"
+}
+
+if [ "${1:-}" = summary ]; then summary; exit 0; fi
+SETTINGS=("$@"); [ $# -eq 0 ] && SETTINGS=("${DEFAULT_SETTINGS[@]}")
+for setting in "${SETTINGS[@]}"; do
+  IFS=: read -r arch width per_class epochs <<< "$setting"
+  [ -n "$epochs" ] || { echo "bad setting $setting: want ARCH:WIDTH:IMAGES_PER_CLASS:EPOCHS" >&2; exit 2; }
+  tag="$arch-w$width-n$per_class-e$epochs"
+  S=(--arch "$arch" --width "$width" --max-train-per-class "$per_class" --epochs "$epochs"
+     --eval-every $(( epochs / 2 > 0 ? epochs / 2 : 1 )))
+  for seed in $SEEDS; do
+    run "$tag" ce "$seed" "${S[@]}" --method ce
+    run "$tag" ce-cutmix "$seed" "${S[@]}" --method ce --mix cutmix
+  done
+done
+summary
