@@ -10,26 +10,60 @@ Decisions (documented because they change pixels):
 - 16-bit greyscale ("I;16*", and "I", read as 16-bit data clipped to 0..65535) is scaled to 8 bit
   by /257 with rounding (65535 -> 255), never clipped at 255. Pillow itself reads 16-bit RGB PNGs
   as 8-bit RGB (high byte).
-- Animated images (GIF, APNG, WebP): the first frame.
+- Animated and multi-page images (GIF, APNG, WebP, TIFF, MPO): the first frame; later frames
+  are never read.
 - Float images (mode "F") have no agreed range and are refused.
-- The pixel-count limit is checked from the header, before any pixel is decoded.
+- Accepted formats: ``ACCEPTED_FORMATS`` (the photo formats). Pillow reads about 40 more; some run
+  external programs (EPS: Ghostscript) or decode more pixels than their header says (ICO).
+- The limits are checked from the header, before any pixel is decoded: at most ``max_pixels``
+  pixels and at most ``MAX_SIDE`` pixels on a side (the largest JPEG or GIF; Pillow keeps one
+  pointer per row, so a 1 x 40,000,000 strip would cost 3x a square image of the same pixels).
+- Memory and time after decoding are bounded by the output: non-RGB images are converted to RGB a
+  band of rows at a time, and ``resize_for_model`` never builds the upscaled long side.
+
+Cost (bench/perf_decode.py, docs/security.md "Image decoding"): peak memory is about
+4-5 bytes per source pixel (the decoded image and its RGB copy) plus a constant, never more.
 """
 
 from __future__ import annotations
 
 import io
+import os
+import stat
 from pathlib import Path
 from struct import error as struct_error
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import ExifTags, Image, UnidentifiedImageError
 
 DEFAULT_MAX_PIXELS = 40_000_000
+MAX_SIDE = 65_535  # pixels; the largest side a JPEG or GIF can have
 RESIZE_RULE = "shorter_side_center_crop"
+# Pillow plugin names (``Image.open(formats=...)``); "JPEG" includes MPO, the JPEG of cameras that
+# store several pictures, and "PPM" the PBM/PGM/PPM/PNM family
+ACCEPTED_FORMATS = ("JPEG", "PNG", "GIF", "BMP", "WEBP", "TIFF", "PPM")
+IMAGE_EXTENSIONS = frozenset({
+    ".jpg", ".jpeg", ".jpe", ".jfif", ".mpo", ".png", ".gif", ".bmp", ".webp", ".tif", ".tiff",
+    ".ppm", ".pgm", ".pbm", ".pnm",
+})
+# Up to this ratio of the long to the short side the resize is exactly the historical full resize
+# followed by the crop (it costs about ratio * output pixels); beyond it the crop box is resized
+# directly, which is within one grey level of it (Pillow takes the box in float32).
+EXACT_RESIZE_MAX_RATIO = 16
 
+_BAND_PIXELS = 1 << 20  # non-RGB images are converted this many pixels at a time
 _WHITE = (255, 255, 255, 255)
 _ALPHA_MODES = {"RGBA", "LA", "PA", "La", "RGBa"}
 _SIXTEEN_BIT_MODES = {"I;16", "I;16B", "I;16L", "I;16N", "I"}
+_UPRIGHT = {  # EXIF orientation -> the transpose that shows the picture upright (as ImageOps.exif_transpose)
+    2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180, 4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE, 6: Image.Transpose.ROTATE_270, 7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_90,
+}
+_FILE_KINDS = (
+    (stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO (named pipe)"), (stat.S_ISSOCK, "a socket"),
+    (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
+)
 
 
 class DecodeError(ValueError):
@@ -44,30 +78,67 @@ class DecodeError(ValueError):
 
 
 def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
-    """Decode an encoded image (any format Pillow reads) into an HxWx3 uint8 RGB array."""
+    """Decode an encoded image (an accepted format) into an HxWx3 uint8 RGB array."""
     return np.asarray(decode_to_pil(data, max_pixels), dtype=np.uint8)
 
 
 def decode_file(path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
-    """Read and decode one file; unreadable files raise DecodeError("unreadable") too."""
+    """Read and decode one regular file; anything else raises DecodeError("unreadable") at once.
+
+    A FIFO, socket, device or directory is refused from ``os.stat`` before it is opened, and the
+    open itself is non-blocking and checked again (``fstat``), so a file swapped for a FIFO in
+    between cannot block the caller either.
+    """
     try:
-        data = Path(path).read_bytes()
+        kind = _not_regular(os.stat(path).st_mode)
+        if kind:
+            raise DecodeError("unreadable", f"not a regular file: {kind}")
+        descriptor = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+        with open(descriptor, "rb") as handle:
+            kind = _not_regular(os.fstat(descriptor).st_mode)
+            if kind:
+                raise DecodeError("unreadable", f"not a regular file: {kind}")
+            data = handle.read()
     except OSError as exc:
         raise DecodeError("unreadable", f"cannot read file: {exc.strerror or exc}") from exc
     return decode_image(data, max_pixels)
 
 
+def _not_regular(mode: int) -> str | None:
+    if stat.S_ISREG(mode):
+        return None
+    return next((name for test, name in _FILE_KINDS if test(mode)), "not a file")
+
+
 def decode_to_pil(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
     """Like decode_image but returns a loaded RGB PIL image."""
+    image = _open_checked(data, max_pixels)
+    try:
+        image.seek(0)  # first frame of animations
+        image.load()
+        upright = _UPRIGHT.get(image.getexif().get(ExifTags.Base.Orientation, 1))
+        rgb = _to_rgb(image)
+        # conversion is per pixel, so converting before the transpose gives the same pixels
+        return rgb if upright is None else rgb.transpose(upright)
+    except DecodeError:
+        raise
+    except (OSError, SyntaxError, ValueError, EOFError, IndexError, struct_error) as exc:
+        raise DecodeError("truncated", f"corrupt or truncated image data ({image.format}): {exc}") from exc
+
+
+def _open_checked(data: bytes, max_pixels: int) -> Image.Image:
+    """Open (header only) an image of an accepted format and check its size limits."""
     if not data:
         raise DecodeError("empty", "empty file (0 bytes)")
     try:
-        image = Image.open(io.BytesIO(data))
+        image = Image.open(io.BytesIO(data), formats=ACCEPTED_FORMATS)
     except UnidentifiedImageError as exc:
-        raise DecodeError("not_an_image", "not an image: the data is in no image format Pillow can read") from exc
+        raise DecodeError(
+            "not_an_image", f"not an image: the data is in none of the accepted formats ({', '.join(ACCEPTED_FORMATS)})"
+        ) from exc
     except Image.DecompressionBombError as exc:
         raise DecodeError("too_large", f"image too large: {exc}") from exc
-    except (OSError, SyntaxError, ValueError) as exc:
+    except (OSError, SyntaxError, ValueError, EOFError, IndexError, struct_error) as exc:
         raise DecodeError("truncated", f"corrupt image header: {exc}") from exc
 
     width, height = image.size
@@ -77,26 +148,36 @@ def decode_to_pil(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Im
         raise DecodeError(
             "too_large", f"image too large: {width}x{height} = {width * height} pixels, limit is {max_pixels}"
         )
-    try:
-        image.seek(0)  # first frame of animations
-        image.load()
-        image = ImageOps.exif_transpose(image)
-        return _to_rgb(image)
-    except DecodeError:
-        raise
-    except (OSError, SyntaxError, ValueError, EOFError, IndexError, struct_error) as exc:
-        raise DecodeError("truncated", f"corrupt or truncated image data ({image.format}): {exc}") from exc
+    if max(width, height) > MAX_SIDE:
+        raise DecodeError(
+            "too_large", f"image too large: {width}x{height} has a side longer than {MAX_SIDE} pixels"
+        )
+    return image
 
 
-def _to_rgb(image: Image.Image) -> Image.Image:
-    mode = image.mode
-    if mode == "RGB":
+def _to_rgb(image: Image.Image, band_pixels: int = _BAND_PIXELS) -> Image.Image:
+    """RGB with the decisions above, converted band by band so the temporaries stay small
+    (RGBA compositing alone makes three full-size RGBA copies)."""
+    if image.mode == "RGB":
         return image
+    if image.mode == "F":
+        raise DecodeError("unsupported", "floating-point images (mode F) are not supported: their range is undefined")
+    width, height = image.size
+    rows = max(1, band_pixels // width)
+    if rows >= height:
+        return _pixels_to_rgb(image)
+    rgb = Image.new("RGB", image.size)
+    for top in range(0, height, rows):
+        band = image.crop((0, top, width, min(height, top + rows)))  # keeps palette and transparency
+        rgb.paste(_pixels_to_rgb(band), (0, top))
+    return rgb
+
+
+def _pixels_to_rgb(image: Image.Image) -> Image.Image:
+    mode = image.mode
     if mode in _SIXTEEN_BIT_MODES:
         grey = _sixteen_to_eight_bit(np.asarray(image))
         return Image.fromarray(np.repeat(grey[:, :, None], 3, axis=2))
-    if mode == "F":
-        raise DecodeError("unsupported", "floating-point images (mode F) are not supported: their range is undefined")
     if mode == "P" and "transparency" in image.info:
         image = image.convert("RGBA")
     elif mode in ("L", "1") and "transparency" in image.info:
@@ -121,6 +202,11 @@ def resize_for_model(
     Scale by image_size / shorter side, round each side, floor the crop offsets. Training
     (``osr.train.data.eval_resize``) and serving both call this. An image that is already
     image_size x image_size is returned unchanged.
+
+    Up to ``EXACT_RESIZE_MAX_RATIO`` (long side / short side) this is literally that full resize
+    and crop. Beyond it the full resize would hold ratio * image_size^2 pixels (2.3 GB for a
+    1 x 400,000 strip), so only the crop box, in source coordinates, is resized; the result is
+    within one grey level of the full resize (tests/test_decode.py pins both).
     """
     if rule != RESIZE_RULE:
         raise ValueError(f"unknown resize rule {rule!r}; this version knows {RESIZE_RULE!r}")
@@ -132,9 +218,16 @@ def resize_for_model(
         scale = image_size / min(width, height)
         new_width = max(image_size, round(width * scale))
         new_height = max(image_size, round(height * scale))
-        pil = pil.resize((new_width, new_height), Image.BILINEAR)
         left, top = (new_width - image_size) // 2, (new_height - image_size) // 2
-        pil = pil.crop((left, top, left + image_size, top + image_size))
+        crop = (left, top, left + image_size, top + image_size)
+        if (new_width, new_height) == (width, height):
+            pil = pil.crop(crop)
+        elif max(width, height) <= EXACT_RESIZE_MAX_RATIO * min(width, height):
+            pil = pil.resize((new_width, new_height), Image.BILINEAR).crop(crop)
+        else:
+            x_step, y_step = width / new_width, height / new_height  # source pixels per resized pixel
+            box = (left * x_step, top * y_step, (left + image_size) * x_step, (top + image_size) * y_step)
+            pil = pil.resize((image_size, image_size), Image.BILINEAR, box=box)
     return np.ascontiguousarray(np.asarray(pil, dtype=np.uint8))
 
 

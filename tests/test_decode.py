@@ -3,8 +3,14 @@
 from __future__ import annotations
 
 import io
+import json
+import os
 import struct
+import subprocess
+import sys
+import threading
 import zlib
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -227,3 +233,235 @@ def test_resize_rejects_unknown_rule_and_bad_arrays() -> None:
         resize_for_model(_noise(8, 8), 8, rule="stretch")
     with pytest.raises(ValueError, match="HxWx3"):
         resize_for_model(np.zeros((8, 8), np.uint8), 8)
+
+
+# -- hardening: cost bounded by the output, accepted shapes and formats, files that are not files ------
+
+def _png_rgb(width: int, height: int, seed: int = 0) -> bytes:
+    """A real RGB PNG of any shape, written row by row (Pillow's encoder is slow for 1-pixel rows)."""
+    rng = np.random.default_rng(seed)
+    rows = rng.integers(0, 256, (height, 3 * width), dtype=np.uint8)
+    raw = np.concatenate([np.zeros((height, 1), np.uint8), rows], axis=1).tobytes()
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return (b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", ihdr) + _png_chunk(b"IDAT", zlib.compress(raw, 6))
+            + _png_chunk(b"IEND", b""))
+
+
+_BOUNDED_CHILD = """
+import json, resource, sys, time
+import numpy as np
+from osr.images import decode_to_pil, resize_for_model
+with open("/proc/self/status") as status:
+    vm_kb = next(int(line.split()[1]) for line in status if line.startswith("VmSize:"))
+budget = int(sys.argv[2]) << 20
+resource.setrlimit(resource.RLIMIT_AS, (vm_kb * 1024 + budget, resource.RLIM_INFINITY))
+data = open(sys.argv[1], "rb").read()
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+start = time.perf_counter()
+out = resize_for_model(decode_to_pil(data), int(sys.argv[3]))
+seconds = time.perf_counter() - start
+grown = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024
+print(json.dumps({"peak_growth_mb": grown, "seconds": seconds, "shape": list(out.shape)}))
+"""
+
+
+def _decode_resize_in_child(tmp_path, data: bytes, image_size: int, budget_mb: int = 1024) -> dict:
+    """Decode + resize in a fresh interpreter whose address space may grow by budget_mb at most."""
+    image = tmp_path / "image.bin"
+    image.write_bytes(data)
+    result = subprocess.run(
+        [sys.executable, "-c", _BOUNDED_CHILD, str(image), str(budget_mb), str(image_size)],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert result.returncode == 0, f"decode + resize failed within {budget_mb} MB: {result.stderr[-800:]}"
+    return json.loads(result.stdout)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="uses /proc and RLIMIT_AS")
+@pytest.mark.parametrize(("width", "height"), [(1, 65_535), (65_535, 1), (3, 40_000)], ids=["1xN", "Nx1", "3xN"])
+def test_decode_and_resize_of_a_strip_cost_memory_of_the_output_not_of_the_upscaled_strip(
+    tmp_path, width: int, height: int
+) -> None:
+    """Issue 10: the short side scaled to the model size first made a 1 x N strip cost
+    image_size^2 * N pixels (1 x 400,000 -> 2.3 GB). The crop is now taken in source coordinates."""
+    measured = _decode_resize_in_child(tmp_path, _png_rgb(width, height), 224)
+    assert measured["shape"] == [224, 224, 3]
+    # the decoded strip itself is <= 65,535 pixels (< 1 MB); the old path needed > 2 GB here
+    assert measured["peak_growth_mb"] < 48, measured
+
+
+def test_issue_png_of_1_by_400000_pixels_is_refused_from_its_header() -> None:
+    data = _png_header_only(1, 400_000)  # inside the pixel limit; one side longer than any JPEG or GIF
+    with pytest.raises(DecodeError, match="65535") as info:
+        decode_image(data)
+    assert info.value.reason == "too_large"
+    assert "1x400000" in str(info.value)
+    with pytest.raises(DecodeError, match="side"):
+        decode_image(_png_header_only(400_000, 1))
+
+
+def _reference_resize(image: Image.Image, size: int) -> np.ndarray:
+    """The historical rule, written out: shorter side to size (BILINEAR), then the centre crop."""
+    width, height = image.size
+    scale = size / min(width, height)
+    new_width, new_height = max(size, round(width * scale)), max(size, round(height * scale))
+    left, top = (new_width - size) // 2, (new_height - size) // 2
+    return np.asarray(image.resize((new_width, new_height), Image.BILINEAR).crop((left, top, left + size, top + size)))
+
+
+def test_resize_is_exactly_the_historical_rule_for_aspect_ratios_up_to_16() -> None:
+    """Training and serving must keep the pixels the exported models were evaluated with."""
+    rng = np.random.default_rng(11)
+    for _ in range(150):
+        size = int(rng.choice([28, 32, 64, 224]))
+        short = int(rng.integers(1, 400))
+        long = min(int(short * rng.uniform(1.0, 16.0)), 16 * short)
+        width, height = (short, long) if rng.integers(2) else (long, short)
+        image = Image.fromarray(_noise(width, height, seed=int(rng.integers(1 << 30))))
+        np.testing.assert_array_equal(resize_for_model(image, size), _reference_resize(image, size),
+                                      err_msg=f"{width}x{height} -> {size}")
+
+
+def test_resize_of_extreme_strips_stays_within_one_grey_level_of_the_historical_rule() -> None:
+    """Beyond 16:1 the crop box is resized directly (float box coordinates in Pillow): at most 1 level off."""
+    rng = np.random.default_rng(12)
+    differing = total = 0
+    for _ in range(60):
+        size = int(rng.choice([28, 32]))
+        short = int(rng.integers(1, 24))
+        long = int(short * rng.uniform(16.5, 400.0))
+        width, height = (short, long) if rng.integers(2) else (long, short)
+        image = Image.fromarray(_noise(width, height, seed=int(rng.integers(1 << 30))))
+        ours = resize_for_model(image, size).astype(int)
+        reference = _reference_resize(image, size).astype(int)
+        assert np.abs(ours - reference).max() <= 1, f"{width}x{height} -> {size}"
+        differing += int((ours != reference).sum())
+        total += ours.size
+    assert differing / total < 0.2  # measured about 6 %: most pixels are identical
+
+
+def test_formats_outside_the_accepted_list_are_refused() -> None:
+    """Pillow reads ~40 formats (EPS runs Ghostscript, ICO may hide a larger PNG than its header says);
+    uploads are limited to the photo formats."""
+    for fmt in ("TGA", "PCX", "ICO", "SGI"):
+        data = _encode(Image.fromarray(_noise(16, 16)), fmt)
+        with pytest.raises(DecodeError, match="JPEG, PNG") as info:
+            decode_image(data)
+        assert info.value.reason == "not_an_image", fmt
+
+
+@pytest.mark.parametrize("fmt", ["GIF", "PNG", "TIFF", "WEBP"])
+def test_only_the_first_frame_is_decoded(fmt: str) -> None:
+    """Many-frame files cost one frame: frames after the first are never read (here: cut off)."""
+    frames = [Image.new("RGB", (64, 48), (255, 0, 0))] + [Image.fromarray(_noise(64, 48, seed=s)) for s in range(40)]
+    data = _encode(frames[0], fmt, save_all=True, append_images=frames[1:])
+    assert Image.open(io.BytesIO(data)).n_frames == 41
+    cut = data[: int(len(data) * 0.6)]  # the later frames are truncated away
+    decoded = decode_image(cut if fmt != "WEBP" else data)  # libwebp's demuxer needs the whole file
+    _assert_rgb(decoded, 48, 64)
+    assert (np.abs(decoded.astype(int) - [255, 0, 0]) <= 8).all()
+
+
+_ORIENTATION_METHODS = {  # EXIF orientation -> the transpose that shows the image upright
+    2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180, 4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE, 6: Image.Transpose.ROTATE_270, 7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_90,
+}
+
+
+@pytest.mark.parametrize("orientation", range(1, 9))
+@pytest.mark.parametrize("mode", ["RGB", "RGBA", "P", "I;16"])
+def test_exif_orientation_equals_transposing_the_upright_decode(orientation: int, mode: str) -> None:
+    pixels = _noise(7, 5, seed=orientation)
+    base = {"RGB": Image.fromarray(pixels), "RGBA": Image.fromarray(np.dstack([pixels, pixels[:, :, 0]])),
+            "P": Image.fromarray(pixels).convert("P"),
+            "I;16": Image.fromarray(pixels[:, :, 0].astype(np.uint16) * 257)}[mode]
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    plain = decode_image(_encode(base, "PNG"))
+    oriented = decode_image(_encode(base, "PNG", exif=exif.tobytes()))
+    method = _ORIENTATION_METHODS.get(orientation)
+    expected = plain if method is None else np.asarray(Image.fromarray(plain).transpose(method))
+    np.testing.assert_array_equal(oriented, expected)
+
+
+def test_conversion_in_bands_equals_converting_the_whole_image() -> None:
+    """Non-RGB images are converted a band of rows at a time (bounded temporaries); same pixels."""
+    from osr.images import _to_rgb
+
+    rng = np.random.default_rng(3)
+    grey = rng.integers(0, 256, (37, 23), dtype=np.uint8)
+    palette = Image.fromarray(_noise(23, 37)).convert("P")
+    palette.info["transparency"] = bytes(rng.integers(0, 256, 256, dtype=np.uint8))
+    single = Image.fromarray(grey).convert("P")
+    single.info["transparency"] = 3
+    images = {
+        "RGBA": Image.fromarray(np.dstack([_noise(23, 37), grey])),
+        "LA": Image.merge("LA", [Image.fromarray(grey), Image.fromarray(grey[::-1].copy())]),
+        "P+tRNS": palette, "P+index": single,
+        "L": Image.fromarray(grey), "1": Image.fromarray(grey).convert("1"),
+        "I;16": Image.fromarray(rng.integers(0, 65536, (37, 23)).astype(np.uint16)),
+        "I": Image.fromarray(rng.integers(-5, 70000, (37, 23)).astype(np.int32)),
+        "CMYK": Image.fromarray(_noise(23, 37)).convert("CMYK"),
+    }
+    for name, image in images.items():
+        whole = np.asarray(_to_rgb(image, band_pixels=10**9))
+        for band_pixels in (1, 23, 50, 400):
+            np.testing.assert_array_equal(np.asarray(_to_rgb(image, band_pixels=band_pixels)), whole,
+                                          err_msg=f"{name} in bands of {band_pixels} pixels")
+
+
+def _finishes(function, timeout_s: float = 5.0) -> tuple[bool, object]:
+    result: list = []
+    thread = threading.Thread(target=lambda: result.append(_capture(function)), daemon=True)
+    thread.start()
+    thread.join(timeout_s)
+    return (not thread.is_alive()), (result[0] if result else None)
+
+
+def _capture(function):
+    try:
+        return function()
+    except Exception as exc:  # returned for the assertions
+        return exc
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="needs FIFOs")
+def test_decode_file_refuses_a_fifo_at_once(tmp_path) -> None:
+    """Issue 10: a FIFO named *.jpg blocked osr-score forever (open() waits for a writer)."""
+    fifo = tmp_path / "photo.jpg"
+    os.mkfifo(fifo)
+    done, outcome = _finishes(lambda: decode_file(fifo))
+    if not done:  # unblock the reader so the thread can end, then fail
+        os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+    assert done, "decode_file blocked on a FIFO"
+    assert isinstance(outcome, DecodeError) and outcome.reason == "unreadable", outcome
+    assert "not a regular file" in str(outcome) and "FIFO" in str(outcome)
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="needs FIFOs")
+def test_decode_file_does_not_block_when_a_file_is_swapped_for_a_fifo(tmp_path, monkeypatch) -> None:
+    """The race between the check and the open: the open itself must not wait (O_NONBLOCK)."""
+    fifo = tmp_path / "photo.jpg"
+    os.mkfifo(fifo)
+    regular = os.stat(__file__)
+    monkeypatch.setattr(os, "stat", lambda *args, **kwargs: regular)  # the check sees a regular file
+    done, outcome = _finishes(lambda: decode_file(fifo))
+    if not done:
+        os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+    assert done, "decode_file blocked on a FIFO that passed the first check"
+    assert isinstance(outcome, DecodeError) and "not a regular file" in str(outcome), outcome
+
+
+def test_decode_file_refuses_directories_and_devices(tmp_path) -> None:
+    folder = tmp_path / "folder.jpg"
+    folder.mkdir()
+    for path, kind in ((folder, "directory"), (Path(os.devnull), "character device")):
+        with pytest.raises(DecodeError, match=kind) as info:
+            decode_file(path)
+        assert info.value.reason == "unreadable"
+    empty = tmp_path / "empty.png"
+    empty.write_bytes(b"")
+    with pytest.raises(DecodeError) as info:
+        decode_file(empty)
+    assert info.value.reason == "empty"
