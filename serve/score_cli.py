@@ -81,18 +81,27 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("inputs", nargs="+", metavar="INPUT", help="file, folder, glob or @list.txt")
     parser.add_argument("--out", required=True, type=Path, help="results.jsonl or results.csv")
-    parser.add_argument("--model-repository", type=Path, default=None, metavar="DIR")
-    parser.add_argument("--model", default=None, metavar="NAME")
-    parser.add_argument("--version", type=_positive_int, default=None, metavar="N")
-    parser.add_argument("--batch-size", type=_positive_int, default=64, metavar="N")
-    parser.add_argument("--top-k", type=_non_negative_int, default=5, metavar="K")
+    parser.add_argument("--model-repository", type=Path, default=None, metavar="DIR",
+                        help="model repository written by osr-export (default: $OSR_MODEL_REPOSITORY, else the "
+                             "bundled model_repository/)")
+    parser.add_argument("--model", default=None, metavar="NAME",
+                        help="model name (default: the only model in the repository)")
+    parser.add_argument("--version", type=_positive_int, default=None, metavar="N",
+                        help="model version (default: the newest)")
+    parser.add_argument("--batch-size", type=_positive_int, default=64, metavar="N",
+                        help="images per inference call (default %(default)s)")
+    parser.add_argument("--top-k", type=_non_negative_int, default=5, metavar="K",
+                        help="classes listed per image, 0 for none (default %(default)s)")
     parser.add_argument("--resume", action="store_true", help="skip paths already in --out")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing --out")
     parser.add_argument("--fdr", type=_fdr_level, default=None, metavar="Q",
                         help=f"add column {FDR_COLUMN} (Benjamini-Hochberg at level Q)")
-    parser.add_argument("--triton-url", default=None, metavar="URL", help="use a Triton server, e.g. localhost:8000")
-    parser.add_argument("--triton-protocol", choices=("http", "grpc"), default="http")
-    parser.add_argument("--threads", type=_positive_int, default=None, metavar="N", help="onnxruntime intra-op threads")
+    parser.add_argument("--triton-url", default=None, metavar="URL",
+                        help="use a Triton server, e.g. localhost:8000 (default: none, onnxruntime in-process)")
+    parser.add_argument("--triton-protocol", choices=("http", "grpc"), default="http",
+                        help="protocol for --triton-url (default %(default)s)")
+    parser.add_argument("--threads", type=_positive_int, default=None, metavar="N",
+                        help="onnxruntime intra-op threads (default: onnxruntime's own, one per physical core)")
     parser.add_argument("--workers", type=_positive_int, default=min(4, os.cpu_count() or 1), metavar="N",
                         help="decoding threads (default: min(4, CPUs))")
     parser.add_argument("--max-pixels", type=_positive_int, default=DEFAULT_MAX_PIXELS, metavar="N",

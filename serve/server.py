@@ -34,18 +34,21 @@ def build_parser() -> argparse.ArgumentParser:
                     "environment variable (e.g. OSR_MODEL_REPOSITORY, OSR_API_KEY).",
     )
     add = parser.add_argument
-    add("--model-repository", type=Path, help="model repository written by osr-export (default: bundled)")
+    add("--model-repository", type=Path,
+        help="model repository written by osr-export (default: the bundled model_repository/)")
     add("--model", help="model name (default: the only model in the repository)")
     add("--version", type=int, help="model version (default: the newest)")
-    add("--triton-url", help="run inference on this Triton server (host:port) instead of in-process")
-    add("--triton-protocol", choices=["http", "grpc"])
+    add("--triton-url", help="run inference on this Triton server (host:port) instead of in-process (default: "
+                             "none, onnxruntime in-process)")
+    add("--triton-protocol", choices=["http", "grpc"], help="protocol for --triton-url (default http)")
     add("--threads", type=int, help="onnxruntime intra-op threads per worker (default: onnxruntime's with one "
                                     "worker, CPUs / workers with several)")
     add("--host", help="bind address (default 127.0.0.1)")
     add("--port", type=int, help="port (default 8000)")
     add("--workers", type=int, help="uvicorn worker processes (default 1)")
     add("--graceful-shutdown-s", type=float, help="seconds in-flight requests get after SIGTERM (default 30)")
-    add("--log-level", choices=["critical", "error", "warning", "info", "debug", "trace"])
+    add("--log-level", choices=["critical", "error", "warning", "info", "debug", "trace"],
+        help="uvicorn log level (default info)")
     add("--max-body-bytes", type=int, help="largest request body (default 20 MiB)")
     add("--max-pixels", type=int, help="largest decoded image in pixels (default 40000000)")
     add("--max-files", type=int, help="most files per /v1/classify request (default 64)")
@@ -53,7 +56,8 @@ def build_parser() -> argparse.ArgumentParser:
     add("--max-batch", type=int, help="dynamic batching: most images per inference call (default 32)")
     add("--max-wait-ms", type=float, help="dynamic batching: longest wait for more requests (default 2)")
     add("--api-key-file", type=Path,
-        help="file holding the API key (or set OSR_API_KEY; a key on the command line would show in ps)")
+        help="file holding the API key (or set OSR_API_KEY; a key on the command line would show in ps); "
+             "default: none, no key needed")
     return parser
 
 
