@@ -21,6 +21,7 @@ from .models import ARCHS
 METHODS = ("ce", "kd", "ad")
 MIXES = ("none", "mixup", "cutmix")
 SCORES = ("max_logit", "msp", "energy")
+INPUT_NORMS = ("auto", "data", "imagenet", "half")
 AD_LEARNABLE_TARGETS = ("raw", "mixed", "lam", "none")
 
 
@@ -40,9 +41,20 @@ class TrainConfig:
     split_seed: int = _f(0, "seed of the calibration hold-out and subsets (keep equal for teacher and student)")
     max_train_per_class: int | None = _f(None, "train on at most this many images per class (quick runs)")
     max_test_per_class: int | None = _f(None, "evaluate on at most this many test images per class")
+    skip_bad_images: bool = _f(False, "imagefolder: leave out image files that do not decode (named in a warning) "
+                                      "instead of stopping with their list")
     # model
     arch: str = _f("classifier32", "student (or teacher) architecture", ARCHS)
     width: float = _f(1.0, "channel width multiplier")
+    pretrained: str | None = _f(None, "start from ImageNet weights: a weights name (efficientnet_lite0: imagenet; tv_*: "
+                                      "torchvision's enum names, e.g. IMAGENET1K_V1, downloaded to the torch cache) or "
+                                      "a path to a state dict")
+    input_size: int | None = _f(None, "side the network sees: batches are resized to it on the device and in the "
+                                      "exported graph (e.g. 64-224 for a pretrained backbone); default: --image-size")
+    input_norm: str = _f("auto", "normalisation the network sees: auto (a pretrained backbone's own, else the data's), "
+                                 "data, imagenet, half (0.5/0.5)", INPUT_NORMS)
+    backbone_lr_mult: float = _f(0.1, "with --pretrained: learning rate of the pretrained layers relative to the new head")
+    freeze_backbone_epochs: float = _f(0.0, "with --pretrained: train only the new head for this many epochs first")
     # method
     method: str = _f("ce", "ce: cross-entropy; kd: symmetric distillation; ad: asymmetric distillation", METHODS)
     mix: str = _f("none", "multi-sample augmentation on mixed steps (ad and kd default to cutmix)", MIXES)
@@ -119,7 +131,9 @@ class TrainConfig:
 
 
 # Fields added after runs were checkpointed, with the default that reproduces the older behaviour.
-_ADDED_LATER = {"ad_mixed_ce": 0.0, "ad_learnable_target": "raw"}
+_ADDED_LATER = {"ad_mixed_ce": 0.0, "ad_learnable_target": "raw", "pretrained": None, "input_size": None,
+                "input_norm": "auto", "backbone_lr_mult": 0.1, "freeze_backbone_epochs": 0.0,
+                "skip_bad_images": False}
 
 
 def _parse_bool(s: str) -> bool:

@@ -122,3 +122,18 @@ def open_set_metrics(
         "n_unknown": int(len(unknown_logits)),
         "score": score,
     }
+
+
+def near_chance_warning(metrics: dict, num_classes: int) -> str | None:
+    """A warning when a finished run is close to guessing: accuracy within 10 points of 1/K, or an
+    AUROC under 0.6 (0.5 is a coin flip). None when the run is clear of both."""
+    problems = []
+    chance = 1.0 / num_classes
+    if "accuracy" in metrics and metrics["accuracy"] < chance + 0.1 * (1 - chance):
+        problems.append(f"closed-set accuracy {metrics['accuracy']:.3f} is near chance ({chance:.3f})")
+    if metrics.get("auroc") is not None and metrics["auroc"] < 0.6:
+        problems.append(f"AUROC {metrics['auroc']:.3f} is near chance (0.5): the unknown flag would be a coin flip")
+    if not problems:
+        return None
+    return ("; ".join(problems) + ". Train longer (--epochs), start from ImageNet weights (--arch efficientnet_lite0 "
+            "--pretrained imagenet --input-size 64 or more), or add images per class.")

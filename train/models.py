@@ -1,7 +1,10 @@
-"""Backbones for open-set recognition: CIFAR-stem ResNet-18/50, CIFAR MobileNetV2, classifier32.
+"""Backbones for open-set recognition: CIFAR-stem ResNet-18/50, CIFAR MobileNetV2, classifier32,
+and ImageNet-pretrainable ones (EfficientNet-Lite0, torchvision's ResNet/MobileNetV3/EfficientNet).
 
 Every model takes normalised float NCHW images with 3 channels (any size >= 28 px) and returns
 logits [N, K]. All heads use global (adaptive) average pooling, so 32 px and 64 px both work.
+A model built with ``input=`` sits behind an ``InputAdapter`` (its own input size and
+normalisation, see adapter.py).
 """
 
 from __future__ import annotations
@@ -13,7 +16,11 @@ from torch import nn
 from torchvision.models import MobileNetV2
 from torchvision.models.resnet import BasicBlock, Bottleneck, conv1x1
 
-ARCHS: tuple[str, ...] = ("resnet18", "resnet50", "mobilenetv2", "classifier32")
+from .adapter import AdaptedModel, InputAdapter
+from .pretrained import PRETRAINED_ARCHS, build_backbone
+
+SCRATCH_ARCHS: tuple[str, ...] = ("resnet18", "resnet50", "mobilenetv2", "classifier32")
+ARCHS: tuple[str, ...] = SCRATCH_ARCHS + tuple(PRETRAINED_ARCHS)
 
 
 def _scaled(channels: int, width: float) -> int:
@@ -133,8 +140,21 @@ class Classifier32(nn.Module):
         return self.fc(torch.flatten(self.avgpool(self.features(x)), 1))
 
 
-def build_model(arch: str, num_classes: int, width: float = 1.0) -> nn.Module:
-    """Build a backbone from `ARCHS` returning logits [N, num_classes]; `width` scales channels."""
+def build_model(arch: str, num_classes: int, width: float = 1.0, input: dict | None = None) -> nn.Module:
+    """Build a backbone from `ARCHS` returning logits [N, num_classes]; `width` scales channels.
+
+    ``input``: keyword arguments of an ``InputAdapter`` (src_mean, src_std, dst_mean, dst_std,
+    size) put in front of the backbone; the checkpoint stores them with the other args.
+    """
+    net = _backbone(arch, num_classes, width)
+    return AdaptedModel(InputAdapter(**input), net) if input else net
+
+
+def _backbone(arch: str, num_classes: int, width: float) -> nn.Module:
+    if arch in PRETRAINED_ARCHS:
+        if width != 1.0:
+            raise ValueError(f"{arch} has fixed widths (its pretrained weights fix them); leave --width at 1")
+        return build_backbone(arch, num_classes)
     if arch == "resnet18":
         return CifarResNet(BasicBlock, [2, 2, 2, 2], num_classes, width)
     if arch == "resnet50":

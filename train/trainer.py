@@ -21,11 +21,13 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from tqdm import tqdm
 
+from .adapter import InputAdapter
 from .augment import batch_crop_flip, batch_randaugment, train_transform
 from .checkpoint import SCHEMA, CheckpointError, atomic_torch_save, git_commit, load_checkpoint, model_from_checkpoint
 from .config import TrainConfig
 from .data import OpenSetData, load_open_set
-from .metrics import SCORES, auroc, known_score, open_set_metrics
+from .finetune import apply_pretrained, group_schedules, input_adapter_args, param_groups
+from .metrics import SCORES, auroc, known_score, near_chance_warning, open_set_metrics
 from .models import build_model
 from .steps import EpochTerms, Step
 
@@ -125,19 +127,28 @@ def load_teacher(path: str, data: OpenSetData, cfg: TrainConfig, device: torch.d
         problems.append(f"classes {t['classes']} != {data.classes}")
     if (tc["dataset"], tc["split"]) != (cfg.dataset, cfg.split):
         problems.append(f"dataset/split {tc['dataset']}/{tc['split']} != {cfg.dataset}/{cfg.split}")
-    if t["image_size"] != data.image_size:
-        problems.append(f"image_size {t['image_size']} != {data.image_size}")
     if list(t["calibration_indices"]) != data.calib_indices.tolist():
         problems.append("its calibration hold-out differs (use the same --split-seed and --calib-fraction): "
                         "the teacher trained on images this run keeps for calibration")
     if problems:
         raise CheckpointError(f"teacher {path} does not match this run: " + "; ".join(problems))
-    model = model_from_checkpoint(t).to(device)
+    model = teacher_view(model_from_checkpoint(t), t, data).to(device)
     for p in model.parameters():
         p.requires_grad_(False)
     info = {"run_id": t.get("run_id"), "arch": t["model_args"]["arch"], "width": t["model_args"]["width"],
-            "path": str(path), "metrics": t.get("metrics", {})}
+            "path": str(path), "metrics": t.get("metrics", {}), "image_size": t["image_size"],
+            "input": t["model_args"].get("input")}
     return model, info
+
+
+def teacher_view(model: nn.Module, ckpt: dict, data: OpenSetData) -> nn.Module:
+    """The teacher behind an adapter from this run's batches (its size and statistics) to the ones the
+    teacher was trained on; the teacher's own input adapter, if any, then applies as in its training."""
+    mean, std = data.normalize_stats()
+    t_mean, t_std = ckpt["normalize"]["mean"], ckpt["normalize"]["std"]
+    if ckpt["image_size"] == data.image_size and (list(t_mean), list(t_std)) == (list(mean), list(std)):
+        return model
+    return nn.Sequential(InputAdapter(mean, std, t_mean, t_std, size=ckpt["image_size"]), model.eval())
 
 
 class Trainer:
@@ -157,7 +168,8 @@ class Trainer:
         self.data = data or load_open_set(
             cfg.dataset, cfg.split, cfg.data_root, image_size=cfg.image_size, calib_fraction=cfg.calib_fraction,
             split_seed=cfg.split_seed, max_train_per_class=cfg.max_train_per_class,
-            max_test_per_class=cfg.max_test_per_class, download=cfg.download)
+            max_test_per_class=cfg.max_test_per_class, download=cfg.download,
+            skip_bad_images=cfg.skip_bad_images)
         cfg.image_size = self.data.image_size
         self.mean, self.std = self.data.normalize_stats()
         self.norm = Normalize(self.mean, self.std).to(self.device)
@@ -165,7 +177,12 @@ class Trainer:
 
         torch.manual_seed(cfg.seed)  # identical init on every rank
         self.model_args = {"arch": cfg.arch, "num_classes": k, "width": cfg.width}
-        self.model = build_model(**self.model_args).to(self.device)
+        adapter = input_adapter_args(cfg, self.mean, self.std, self.data.image_size)
+        if adapter:
+            self.model_args["input"] = adapter
+        self.model = build_model(**self.model_args)
+        pretrained_names = apply_pretrained(self.model, cfg)
+        self.model = self.model.to(self.device)
         if self.device.type == "cuda" and cfg.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.teacher, self.teacher_info = None, None
@@ -190,10 +207,10 @@ class Trainer:
             self.device_x = self.dataset.x.contiguous().to(self.device)
             self.device_y = self.dataset.y.to(self.device)
         lr = cfg.lr * cfg.batch_size / 128
-        self.opt = torch.optim.SGD(self.model.parameters(), lr=lr, momentum=cfg.momentum,
-                                   weight_decay=cfg.weight_decay)
-        self.sched = torch.optim.lr_scheduler.LambdaLR(
-            self.opt, lambda s: lr_factor(s, self.steps_per_epoch, cfg))
+        groups = param_groups(self.model, pretrained_names, lr, cfg)
+        self.opt = torch.optim.SGD(groups, lr=lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+        self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, group_schedules(
+            groups, lambda s: lr_factor(s, self.steps_per_epoch, cfg), self.steps_per_epoch, cfg))
         self.step = Step(cfg, k, self.teacher)
         self.epoch = 0
         self.metrics: dict = {}
@@ -246,6 +263,8 @@ class Trainer:
         tmp = self.out / "metrics.json.tmp"
         tmp.write_text(json.dumps(summary, indent=2))
         os.replace(tmp, self.out / "metrics.json")
+        from .curves import write_curves  # curves.png from log.jsonl; never raises
+        write_curves(self.out)
 
     # ------------------------------------------------------------------ loop
 
@@ -323,4 +342,7 @@ class Trainer:
                 dist.barrier()
             if stop_after is not None and done >= stop_after:
                 break
+        warning = near_chance_warning(self.metrics, self.data.num_classes) if self.epoch == cfg.epochs else None
+        if warning and self.main:
+            print(f"osr-train: warning: {warning}", flush=True)
         return self.metrics
