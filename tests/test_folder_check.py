@@ -11,6 +11,7 @@ import pytest
 from PIL import Image
 
 from osr.export.conformal import min_calibration_size
+from osr.train import folder_check
 from osr.train.data import DataError, load_open_set
 from osr.train.folder_check import EXPORT_DEFAULT_ALPHA, holdout_size
 
@@ -35,6 +36,8 @@ def test_the_export_default_alpha_and_its_calibration_minimum() -> None:
 
     assert build_parser().get_default("alpha") == EXPORT_DEFAULT_ALPHA
     assert min_calibration_size(EXPORT_DEFAULT_ALPHA) == 19  # ceil((1 - alpha) / alpha)
+    for alpha in (0.5, 0.3, 0.2, 0.1, 0.07, 0.05, 0.03, 0.01, 0.005):  # the train-side copy of export's rule
+        assert folder_check.min_calibration_size(alpha) == min_calibration_size(alpha)
 
 
 def test_missing_test_folder_is_an_error_before_anything_is_decoded(tmp_path: Path) -> None:

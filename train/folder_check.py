@@ -21,15 +21,24 @@ from pathlib import Path
 
 import numpy as np
 
-from osr.export.conformal import min_calibration_size
 from osr.images import DecodeError, decode_file, resize_for_model
 
 from .data import IMAGE_EXTENSIONS, DataError, stratified_holdout
 
 log = logging.getLogger("osr.train")
 
-# osr-export's default --alpha (tests/test_folder_check.py checks the two agree).
+# osr-export's default --alpha; tests/test_folder_check.py checks that it and the rule below agree
+# with osr.export (train must not import export: the dependency goes export -> train).
 EXPORT_DEFAULT_ALPHA = 0.05
+
+
+def min_calibration_size(alpha: float) -> int:
+    """Fewest calibration images for a split-conformal threshold at `alpha`: the smallest n with
+    floor(alpha * (n + 1)) >= 1, i.e. ceil(1 / alpha) - 1 (osr.export.conformal's rule)."""
+    n = max(math.ceil(1.0 / alpha) - 1, 1)
+    while math.floor(alpha * (n + 1) + 1e-9) < 1:
+        n += 1
+    return n
 _LAYOUT = "expected ROOT/train/<class>/<images>, ROOT/test/<class>/<images> (same class names) and optionally ROOT/unknown/"
 _SHOW = 10  # bad files named in full; the rest are counted
 
