@@ -27,8 +27,7 @@ from typing import Any
 
 import numpy as np
 from fastapi import APIRouter, Depends, FastAPI, Query, Request
-from fastapi.responses import Response
-from pydantic import BaseModel
+from fastapi.responses import PlainTextResponse, Response
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException
@@ -41,6 +40,10 @@ from osr.serve.http_layer import BodyLimitMiddleware, BodyTooLarge, api_key_guar
 from osr.serve.metrics import MetricsMiddleware, ServiceMetrics
 from osr.serve.predictor import INPUT_NAME, OUTPUT_NAMES, Predictor
 from osr.serve.results import error_row, rows_from_outputs
+from osr.serve.routes.demo import demo_router
+from osr.serve.routes.docs import docs_router, install_openapi, mount_static
+from osr.serve.routes.model import model_router
+from osr.serve.routes.schemas import ClassifyResponse, error_responses
 from osr.serve.settings import Settings
 
 log = logging.getLogger("osr.serve")
@@ -98,6 +101,7 @@ async def _load_model(state: ServiceState, factory: PredictorFactory) -> None:
     try:
         predictor = await run_in_threadpool(factory)
         state.predictor = predictor
+        state.metrics.watch(predictor.manifest["threshold"])
         await run_in_threadpool(predictor.warmup)
         state.batcher = DynamicBatcher(
             predictor.run, max_batch=state.settings.max_batch, max_wait_ms=state.settings.max_wait_ms,
@@ -112,36 +116,13 @@ async def _load_model(state: ServiceState, factory: PredictorFactory) -> None:
 
 # -- /v1 ------------------------------------------------------------------------------------------
 
-class TopKEntry(BaseModel):
-    class_index: int
-    class_name: str
-    logit: float
-
-
-class ResultRow(BaseModel):
-    path: str
-    status: str
-    error: str | None
-    class_index: int | None
-    class_name: str | None
-    score: float | None
-    p_value: float | None
-    unknown: bool | None
-    top_k: list[TopKEntry]
-
-
-class ClassifyResponse(BaseModel):
-    model: str
-    version: int
-    results: list[ResultRow]
-
-
 _CLASSIFY_BODY_DOC: dict[str, Any] = {
     "requestBody": {
         "required": True,
         "content": {"multipart/form-data": {"schema": {
             "type": "object", "required": [FILES_FIELD],
-            "properties": {FILES_FIELD: {"type": "array", "items": {"type": "string", "format": "binary"}}},
+            "properties": {FILES_FIELD: {"type": "array", "minItems": 1,
+                                         "items": {"type": "string", "format": "binary"}}},
         }}},
     }
 }
@@ -196,6 +177,7 @@ def _v1_router(state: ServiceState, guard: Callable[[Request], None]) -> APIRout
     settings = state.settings
 
     @router.post("/classify", response_model=ClassifyResponse, openapi_extra=_CLASSIFY_BODY_DOC,
+                 responses=error_responses(401, 413, 415, 422, 503),
                  summary="Classify images (known class or unknown)")
     async def classify(
         request: Request,
@@ -286,9 +268,28 @@ def _decode_infer_request(
     return infer_request, images, chosen
 
 
+_INFER_BODY_DOC: dict[str, Any] = {
+    "requestBody": {
+        "required": True,
+        "description": "An Open Inference Protocol inference request: JSON, or (binary tensor extension) the JSON "
+                       f"header followed by raw tensor bytes, its length in the {oip.HEADER_LENGTH} header.",
+        "content": {
+            "application/json": {"schema": {"$ref": "#/components/schemas/InferRequest"}},
+            "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
+        },
+    }
+}
+_INFER_RESPONSES: dict[int | str, dict[str, Any]] = {
+    **error_responses(400, 401, 404, 413, 503, oip=True),
+    200: {"description": "The outputs: JSON, or with binary outputs the JSON header followed by raw bytes.",
+          "content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}},
+}
+
+
 def _v2_routers(state: ServiceState, guard: Callable[[Request], None]) -> list[APIRouter]:
     """Health routes stay open (probes); metadata and inference sit behind the API key."""
     settings = state.settings
+    model_errors = error_responses(401, 404, 503, oip=True)
     open_router = APIRouter(prefix="/v2", tags=["open inference protocol"])
     router = APIRouter(prefix="/v2", dependencies=[Depends(guard)], tags=["open inference protocol"])
 
@@ -296,34 +297,37 @@ def _v2_routers(state: ServiceState, guard: Callable[[Request], None]) -> list[A
     async def server_live() -> dict:
         return {"live": True}
 
-    @open_router.get("/health/ready")
+    @open_router.get("/health/ready", responses=error_responses(503, oip=True))
     async def server_ready() -> dict:
         state.require_ready()
         return {"ready": True}
 
-    @router.get("", response_model=oip.ServerMetadata)
+    @router.get("", response_model=oip.ServerMetadata, responses=error_responses(401, oip=True))
     async def server_metadata() -> oip.ServerMetadata:
         return oip.ServerMetadata(name=SERVER_NAME, version=osr.__version__,
                                   extensions=[oip.BINARY_TENSOR_EXTENSION, "model_configuration"])
 
-    @router.get("/models/{model_name}", response_model=oip.ModelMetadata)
-    @router.get("/models/{model_name}/versions/{model_version}", response_model=oip.ModelMetadata)
+    @router.get("/models/{model_name}", response_model=oip.ModelMetadata, responses=model_errors)
+    @router.get("/models/{model_name}/versions/{model_version}", response_model=oip.ModelMetadata,
+                responses=model_errors)
     async def model_metadata(model_name: str, model_version: str | None = None) -> oip.ModelMetadata:
         return _model_metadata(_served_model(state, model_name, model_version))
 
-    @router.get("/models/{model_name}/ready")
-    @router.get("/models/{model_name}/versions/{model_version}/ready")
+    @router.get("/models/{model_name}/ready", responses=model_errors)
+    @router.get("/models/{model_name}/versions/{model_version}/ready", responses=model_errors)
     async def model_ready(model_name: str, model_version: str | None = None) -> dict:
         predictor = _served_model(state, model_name, model_version)
         return {"name": predictor.name, "ready": True}
 
-    @router.get("/models/{model_name}/config")
-    @router.get("/models/{model_name}/versions/{model_version}/config")
+    @router.get("/models/{model_name}/config", responses=model_errors)
+    @router.get("/models/{model_name}/versions/{model_version}/config", responses=model_errors)
     async def model_config(model_name: str, model_version: str | None = None) -> dict:
         return _model_config(_served_model(state, model_name, model_version), settings.max_batch)
 
-    @router.post("/models/{model_name}/infer", response_model=oip.InferResponse)
-    @router.post("/models/{model_name}/versions/{model_version}/infer", response_model=oip.InferResponse)
+    @router.post("/models/{model_name}/infer", response_model=oip.InferResponse, responses=_INFER_RESPONSES,
+                 openapi_extra=_INFER_BODY_DOC)
+    @router.post("/models/{model_name}/versions/{model_version}/infer", response_model=oip.InferResponse,
+                 responses=_INFER_RESPONSES, openapi_extra=_INFER_BODY_DOC)
     async def infer(model_name: str, request: Request, model_version: str | None = None) -> Response:
         predictor = _served_model(state, model_name, model_version)
         _, batcher = state.require_ready()
@@ -352,12 +356,13 @@ def _ops_router(state: ServiceState) -> APIRouter:
     async def healthz() -> dict:
         return {"status": "ok"}
 
-    @router.get("/readyz")
+    @router.get("/readyz", responses=error_responses(503))
     async def readyz() -> dict:
         predictor, _ = state.require_ready()
         return {"status": "ready", "model": predictor.name, "version": predictor.version}
 
-    @router.get("/metrics")
+    @router.get("/metrics", response_class=PlainTextResponse,
+                responses={200: {"description": "Prometheus text exposition format"}})
     async def metrics() -> Response:
         content, media_type = state.metrics.exposition()
         return Response(content, media_type=media_type)
@@ -391,14 +396,19 @@ def create_app(settings: Settings | None = None, *, predictor_factory: Predictor
             if state.predictor is not None:
                 state.predictor.close()
 
-    app = FastAPI(title="osr-serve", version=osr.__version__, lifespan=lifespan,
+    app = FastAPI(title="osr-serve", version=osr.__version__, lifespan=lifespan, docs_url=None, redoc_url=None,
                   description="Open-set image recognition: a known class or 'unknown', with a conformal p-value.")
     app.state.service = state
     guard = api_key_guard(settings)
-    routers = [_ops_router(state), _v1_router(state, guard), *_v2_routers(state, guard)]
+    routers = [_ops_router(state), _v1_router(state, guard), model_router(guard), *_v2_routers(state, guard),
+               docs_router(app.title, app.openapi_url), demo_router()]
     for router in routers:
         app.include_router(router)
+    mount_static(app)
+    install_openapi(app, extra_models=[oip.InferRequest])
+    # every route /metrics can name: the routers' and the app's own (/openapi.json, the /static mounts)
     routes = [route for router in routers for route in router.routes]
+    routes += [route for route in app.routes if getattr(route, "path", None)]
     install_error_handlers(app)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
     # outermost, so the body limit's 413s are counted too

@@ -1,26 +1,30 @@
 """Prometheus metrics of osr-serve: one registry per app, so several apps (tests) never collide.
 
 With several uvicorn workers, server.py sets PROMETHEUS_MULTIPROC_DIR and /metrics aggregates all
-workers' files (prometheus-client multiprocess mode); otherwise it reports this process only.
+workers' files (prometheus-client multiprocess mode); otherwise it reports this process only. The
+monitor's gauges (``osr_monitor_*``, serve/monitor.py) describe each worker's own window of recent
+images; in multiprocess mode they carry a ``pid`` label, one series per live worker.
 """
 
 from __future__ import annotations
 
+import math
 import os
 import time
 from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client import multiprocess
 from starlette.routing import BaseRoute, Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from osr.serve.monitor import DEFAULT_WINDOW, P_VALUE_BUCKETS, KnownTraffic, WindowMonitor
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 # score = max logit by default: unbounded, so wide buckets around typical logit ranges
 SCORE_BUCKETS = (-10, -5, -2, 0, 1, 2, 3, 4, 5, 6, 7, 8, 10, 12, 15, 20, 25, 30, 40, 50)
-P_VALUE_BUCKETS = (0.001, 0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99, 1.0)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 
 
@@ -41,12 +45,37 @@ class ServiceMetrics:
         self.decisions = Counter("osr_decisions", "model decisions per image", ["decision"], registry=r)
         self.files = Counter("osr_classify_files", "files sent to /v1/classify by outcome", ["status"], registry=r)
         self.scores = Histogram("osr_score", "score per image (higher = more known)", buckets=SCORE_BUCKETS, registry=r)
+        # equal 0.05-wide buckets: flat for known-class traffic (serve/monitor.py)
         self.p_values = Histogram("osr_p_value", "conformal p-value of 'known' per image", buckets=P_VALUE_BUCKETS,
                                   registry=r)
         self.batch_size = Histogram("osr_batch_size", "images per inference call (dynamic batching)",
                                     buckets=BATCH_BUCKETS, registry=r)
         self.batch_latency = Histogram("osr_inference_duration_seconds", "duration of one inference call",
                                        buckets=LATENCY_BUCKETS, registry=r)
+        self.monitor: WindowMonitor | None = None
+
+        def gauge(name: str, help_text: str, labels: Sequence[str] = ()) -> Gauge:
+            return Gauge(f"osr_monitor_{name}", help_text, labels, registry=r, multiprocess_mode="liveall")
+
+        self.window_images = gauge("window_images", "images in the monitor's window (the most recent ones)")
+        self.unknown_rate = gauge("unknown_rate", "share of the window's images flagged unknown")
+        self.alpha = gauge("alpha", "the model's target false-rejection rate alpha (manifest)")
+        self.expected_unknown_rate = gauge(
+            "expected_unknown_rate", "unknown rate expected on known-class traffic: rank / (n_calibration + 1)")
+        self.unknown_rate_band = gauge(
+            "unknown_rate_band", "99 % range of the window's unknown rate on known-class traffic", ["bound"])
+        self.uniformity_images = gauge("uniformity_images", "p-values in the uniformity test of ks_statistic")
+        self.ks_statistic = gauge(
+            "ks_statistic", "Kolmogorov-Smirnov distance from uniform of the window's accepted images' p-values "
+            "(all images' with per-class thresholds)")
+        self.ks_p_value = gauge("ks_p_value", "p-value of that Kolmogorov-Smirnov test (small = drift)")
+
+    def watch(self, threshold: Mapping, window: int = DEFAULT_WINDOW) -> None:
+        """Start the unknown-flag monitor for a model (its manifest's threshold record)."""
+        self.monitor = WindowMonitor(KnownTraffic.from_threshold(threshold), window)
+        self.alpha.set(self.monitor.null.alpha)
+        self.expected_unknown_rate.set(self.monitor.null.expected_unknown_rate)
+        self._update_monitor_gauges()
 
     def observe_batch(self, outputs: Mapping[str, np.ndarray], seconds: float) -> None:
         """Called by the batcher for each inference call: batch size, decisions, scores."""
@@ -58,8 +87,23 @@ class ServiceMetrics:
         self.decisions.labels("known").inc(labels.shape[0] - unknown)
         for value in np.asarray(outputs["score"], dtype=np.float64).reshape(-1):
             self.scores.observe(value)
-        for value in np.asarray(outputs["p_value"], dtype=np.float64).reshape(-1):
+        p_values = np.asarray(outputs["p_value"], dtype=np.float64).reshape(-1)
+        for value in p_values:
             self.p_values.observe(value)
+        if self.monitor is not None:
+            self.monitor.observe(p_values, labels < 0)
+            self._update_monitor_gauges()
+
+    def _update_monitor_gauges(self) -> None:
+        summary = self.monitor.summary()
+        nothing, untested = summary.images == 0, summary.uniformity_images == 0  # NaN: no data, no alarm
+        self.window_images.set(summary.images)
+        self.unknown_rate.set(math.nan if nothing else summary.unknown_rate)
+        self.unknown_rate_band.labels("low").set(math.nan if nothing else summary.band[0])
+        self.unknown_rate_band.labels("high").set(math.nan if nothing else summary.band[1])
+        self.uniformity_images.set(summary.uniformity_images)
+        self.ks_statistic.set(math.nan if untested else summary.ks_statistic)
+        self.ks_p_value.set(math.nan if untested else summary.ks_p_value)
 
     def exposition(self) -> tuple[bytes, str]:
         """The text /metrics returns, and its content type."""
@@ -85,6 +129,8 @@ class MetricsMiddleware:
             return
         status = 500
         start = time.perf_counter()
+        # routing rewrites the scope (a mount moves its prefix into root_path): match on the original
+        initial_scope = dict(scope)
 
         async def send_with_status(message: Message) -> None:
             nonlocal status
@@ -95,18 +141,19 @@ class MetricsMiddleware:
         try:
             await self.app(scope, receive, send_with_status)
         finally:
-            template = self._route_template(scope)
+            template = self._route_template(scope, initial_scope)
             method = scope.get("method", "")
             self.metrics.requests.labels(template, method, str(status)).inc()
             self.metrics.latency.labels(template, method).observe(time.perf_counter() - start)
 
-    def _route_template(self, scope: Scope) -> str:
-        """The template ("/v2/models/{model_name}/infer"), never the raw path: bounded label values."""
+    def _route_template(self, scope: Scope, initial_scope: Scope) -> str:
+        """The template ("/v2/models/{model_name}/infer", "/static" for a mount), never the raw path:
+        bounded label values."""
         route = scope.get("route")
         if route is not None and getattr(route, "path", None):
             return route.path
         for candidate in self.routes() if self.routes else ():
-            match, _ = candidate.matches(dict(scope))
+            match, _ = candidate.matches(dict(initial_scope))
             if match is Match.FULL and getattr(candidate, "path", None):
                 return candidate.path
         return "unmatched"

@@ -21,6 +21,7 @@ from pydantic import SecretStr
 from prometheus_client.parser import text_string_to_metric_families
 
 from osr.serve.app import create_app
+from osr.serve.card import model_card
 from osr.serve.decode import DecodeError, decode_image
 from osr.serve.predictor import Predictor
 from osr.serve.settings import Settings
@@ -366,6 +367,9 @@ def test_api_key(settings: Settings) -> None:
         assert (oip.status_code, oip.json()) == (401, {"error": "missing API key: send it in the X-API-Key header "
                                                                 "or as 'Authorization: Bearer <key>'"})
         assert client.get("/v2/models/tiny", headers={"X-API-Key": "s3cret"}).status_code == 200
+        assert client.get("/v1/model").status_code == 401
+        assert client.get("/v1/model", headers={"X-API-Key": "s3cret"}).status_code == 200
+        assert client.get("/").status_code == 200  # the demo page itself holds no data; it asks for the key
         # probes and scrapers need no key
         for path in ("/healthz", "/readyz", "/v2/health/live", "/v2/health/ready", "/metrics"):
             assert client.get(path).status_code == 200, path
@@ -401,6 +405,49 @@ def test_metrics_move(client: TestClient) -> None:
     # answered by the body limit before routing, still counted under its route
     assert post_files(client, [("big.png", b"\0" * (MAX_BODY + 1))]).status_code == 413
     assert metric(client, "osr_requests_total", {"route": "/v1/classify", "status": "413"}) == before["too_large"] + 1
+
+
+def test_monitor_gauges_follow_the_decisions(client: TestClient) -> None:
+    """The unknown-flag monitor (serve/monitor.py) in /metrics: the gauges are the window's summary."""
+    monitor = client.app.state.service.metrics.monitor
+    before = metric(client, "osr_monitor_window_images")
+    photo = GOOD_IMAGES["photo.jpg"]()
+    assert post_files(client, [("a.jpg", photo), ("b.jpg", photo), ("c.png", GOOD_IMAGES["one_pixel.png"]())]
+                      ).status_code == 200
+    summary = monitor.summary()
+    assert metric(client, "osr_monitor_window_images") == summary.images == min(before + 3, monitor.window)
+    assert metric(client, "osr_monitor_unknown_rate") == pytest.approx(summary.unknown_rate)
+    assert metric(client, "osr_monitor_unknown_rate_band", {"bound": "high"}) == pytest.approx(summary.band[1])
+    assert metric(client, "osr_monitor_uniformity_images") == summary.uniformity_images
+    assert metric(client, "osr_monitor_ks_statistic") == pytest.approx(summary.ks_statistic)
+    assert metric(client, "osr_monitor_ks_p_value") == pytest.approx(summary.ks_p_value)
+    threshold = client.app.state.service.predictor.manifest["threshold"]
+    assert metric(client, "osr_monitor_alpha") == threshold["target_false_rejection"] == 0.05
+    assert metric(client, "osr_monitor_expected_unknown_rate") == pytest.approx(
+        threshold["rank"] / (threshold["n_calibration"] + 1))
+    bounds = [sample.labels["le"] for family in text_string_to_metric_families(client.get("/metrics").text)
+              for sample in family.samples if sample.name == "osr_p_value_bucket"]
+    assert bounds == [str(round(0.05 * i, 2)) for i in range(1, 21)] + ["+Inf"]  # 0.05 wide: flat when uniform
+
+
+def test_model_card(client: TestClient, predictor: Predictor) -> None:
+    response = client.get("/v1/model")
+    assert response.status_code == 200
+    card = response.json()
+    assert card == model_card(predictor.manifest)
+    manifest = predictor.manifest
+    assert (card["name"], card["version"], card["classes"]) == ("tiny", 1, ["cat", "dog", "ship"])
+    assert card["alpha"] == manifest["threshold"]["target_false_rejection"] == 0.05
+    assert card["test"]["auroc"] == manifest["metrics"]["auroc"]
+    assert card["test"]["false_rejection_rate"] == manifest["metrics"]["false_rejection"]["false_rejection_rate"]
+    assert card["expected_unknown_rate"] == manifest["threshold"]["rank"] / (manifest["threshold"]["n_calibration"] + 1)
+
+
+def test_demo_page_is_served_at_the_root(client: TestClient) -> None:
+    response = client.get("/")
+    assert response.status_code == 200 and response.headers["content-type"].startswith("text/html")
+    assert 'src="static/demo.js"' in response.text
+    assert response.headers["content-security-policy"].startswith("default-src 'self'")
 
 
 def test_openapi_docs_describe_classify(client: TestClient) -> None:
