@@ -145,6 +145,7 @@ def inputs_from_checkpoint(ckpt: dict, data_root: Path | None):
         "teacher": ckpt.get("teacher"),
         "git_commit": ckpt.get("git_commit"),
         "training_metrics": ckpt.get("metrics"),
+        "training_config": config,
         "torch_threads": torch.get_num_threads(),
     }
     return ExportInputs(

@@ -296,4 +296,5 @@ def report_metrics(
         test_known_y=inputs.test_known_y,
         test_unknown_x=inputs.test_unknown_x,
         score_function=options.score_function,
+        provenance=inputs.provenance,
     )

@@ -202,6 +202,7 @@ def write_report(
     test_known_y: np.ndarray,
     test_unknown_x: np.ndarray | None,
     score_function: str = "max_logit",
+    provenance: dict | None = None,
 ) -> dict:
     """Write report.json, report.md and the PNG plots into report_dir; return the metrics."""
     report_dir = Path(report_dir)
@@ -212,7 +213,8 @@ def write_report(
     figures = _plots(raw, threshold, report_dir)
     metrics["figures"] = [file for _, file in figures]
     (report_dir / "report.json").write_text(json.dumps(metrics, indent=2) + "\n", encoding="utf-8")
-    (report_dir / "report.md").write_text(_markdown(metrics, figures), encoding="utf-8")
+    (report_dir / "report.md").write_text(_markdown(metrics, figures) + _training_section(provenance or {}),
+                                          encoding="utf-8")
     return metrics
 
 
@@ -230,3 +232,34 @@ def _curve(path: Path, x: np.ndarray, y: np.ndarray, ylabel: str, title: str, di
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
+
+
+def _training_section(provenance: dict) -> str:
+    """How the exported model was trained: student, teacher, data, and the command that rebuilds it."""
+    config = provenance.get("training_config")
+    if not config:
+        return ""
+    from osr.train.config import command_line
+
+    student = provenance.get("student", {})
+    adapter = student.get("input") or {}
+    lines = ["", "## How it was trained", "",
+             f"- student: {student.get('arch')} (width {student.get('width')}), "
+             + (f"ImageNet weights `{config['pretrained']}`, " if config.get("pretrained") else "from scratch, ")
+             + (f"sees the {config.get('image_size')} px input at {adapter['size']} px" if adapter.get("size")
+                else f"at {config.get('image_size')} px"),
+             f"- method: {config.get('method')}" + (f" + {config['mix']}" if config.get("mix") != "none" else "")
+             + f", {config.get('epochs')} epochs, seed {config.get('seed')}, "
+             + (f"{config['max_train_per_class']} training images per class" if config.get("max_train_per_class")
+                else "every training image")
+             + f" of {config.get('dataset')} split {config.get('split')}"]
+    teacher = provenance.get("teacher")
+    if teacher:
+        t_input = teacher.get("input") or {}
+        t_metrics = teacher.get("metrics") or {}
+        lines.append(f"- teacher: {teacher.get('arch')} run `{teacher.get('run_id')}`"
+                     + (f" at {t_input['size']} px" if t_input.get("size") else "")
+                     + (f"; its test accuracy {t_metrics['accuracy']:.4f}, AUROC {t_metrics['auroc']:.4f}"
+                        if "accuracy" in t_metrics and "auroc" in t_metrics else ""))
+    lines += ["", "```bash", command_line(config), "```"]
+    return "\n".join(lines) + "\n"

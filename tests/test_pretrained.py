@@ -117,3 +117,30 @@ def test_near_chance_warning():
     assert near_chance_warning({"accuracy": 0.2, "auroc": 0.41}, 6) is not None
     assert "AUROC" in near_chance_warning({"accuracy": 0.9, "auroc": 0.55}, 6)
     assert near_chance_warning({"accuracy": 0.9, "auroc": 0.8}, 6) is None
+
+
+class _Data:
+    """The two things teacher_view reads of an OpenSetData."""
+
+    image_size = 32
+
+    def normalize_stats(self):
+        return [0.4, 0.4, 0.4], [0.2, 0.2, 0.2]
+
+
+def test_teacher_of_another_resolution_sees_its_own_view():
+    """A teacher trained at 64 px with other statistics gets the student's 32 px batch through one
+    adapter: its logits equal the teacher's on the batch resized and renormalised by hand."""
+    from osr.train.trainer import teacher_view
+
+    torch.manual_seed(0)
+    teacher = build_model("classifier32", 6, 0.25).eval()
+    ckpt = {"image_size": 64, "normalize": {"mean": [0.5, 0.5, 0.5], "std": [0.25, 0.25, 0.25]}}
+    view = teacher_view(teacher, ckpt, _Data())
+    img = torch.rand(4, 3, 32, 32)
+    student_batch = (img - 0.4) / 0.2
+    by_hand = torch.nn.functional.interpolate(img, size=64, mode="bilinear", align_corners=False)
+    with torch.no_grad():
+        assert torch.allclose(view(student_batch), teacher((by_hand - 0.5) / 0.25), atol=1e-4)
+    same = {"image_size": 32, "normalize": {"mean": [0.4] * 3, "std": [0.2] * 3}}
+    assert teacher_view(teacher, same, _Data()) is teacher

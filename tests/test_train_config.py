@@ -27,3 +27,18 @@ def test_distillation_needs_teacher_and_defaults_to_cutmix():
 
 def test_digest_ignores_output_location():
     assert TrainConfig(out="a").digest() == TrainConfig(out="b").digest() != TrainConfig(seed=1).digest()
+
+
+def test_command_line_rebuilds_the_same_config():
+    """The report's osr-train line gives back the run's config (same digest)."""
+    import shlex
+
+    from osr.train.config import command_line, config_from_args
+
+    cfg = config_from_args(["--arch", "efficientnet_lite0", "--pretrained", "imagenet", "--input-size", "64",
+                            "--method", "ad", "--teacher", "runs/t", "--lr-milestones", "0.5", "0.8",
+                            "--randaugment", "false", "--max-train-per-class", "300"])
+    line = command_line(cfg.to_dict())
+    assert line.startswith("osr-train --dataset cifar10 --split 0 ")
+    again = config_from_args(shlex.split(line)[1:])
+    assert again.digest() == cfg.digest()

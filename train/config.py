@@ -178,3 +178,25 @@ def build_parser() -> argparse.ArgumentParser:
 def config_from_args(argv: list[str] | None = None) -> TrainConfig:
     ns = build_parser().parse_args(argv)
     return TrainConfig(**vars(ns))
+
+
+def command_line(config: dict) -> str:
+    """The ``osr-train`` command that rebuilds a run from its saved config: every flag off its default."""
+    defaults = TrainConfig.__dataclass_fields__
+    parts = ["osr-train"]
+    for name, value in config.items():
+        if name not in defaults or name in ("resume", "workers", "device", "data_root"):
+            continue
+        default = defaults[name].default
+        if isinstance(default, tuple):
+            default = list(default)
+        if (value == default or value is None) and name not in ("dataset", "split"):
+            continue
+        flag = "--" + name.replace("_", "-")
+        if isinstance(value, bool):
+            parts.append(flag if value else f"{flag} false")
+        elif isinstance(value, (list, tuple)):
+            parts.append(f"{flag} {' '.join(str(v) for v in value)}")
+        else:
+            parts.append(f"{flag} {value}")
+    return " ".join(parts)
