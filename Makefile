@@ -24,7 +24,7 @@ $(VENV)/.serve: $(PY) pyproject.toml
 	touch $@
 
 $(VENV)/.dev: $(PY) pyproject.toml
-	@echo "make: installing $(TORCH) into $(VENV) (with its CUDA libraries: about 5 GB on disk, a few minutes)"
+	@echo "make: installing $(TORCH) into $(VENV) (with its CUDA libraries: about 4.4 GB on disk, a few minutes)"
 	$(PIP) $(TORCH)
 	@echo "make: installing osr[dev] into $(VENV) (train, export, serve extras and pytest)"
 	$(PIP) -e ".[dev]"

@@ -77,3 +77,34 @@ def test_imagefolder_source(tmp_path):
     assert d.classes == ["cats", "dogs"]
     assert d.train_x.shape == (16, 32, 32, 3) and len(d.calib_x) == 4
     assert d.test_known_x.shape == (6, 32, 32, 3) and d.test_unknown_x.shape == (1, 32, 32, 3)
+
+
+def test_readme_tiny_imagenet_pack_snippet(tmp_path, monkeypatch):
+    """The README's Tiny-ImageNet packing code, run on a 3-class tree laid out like the official zip."""
+    from osr.train.data import JpegPack
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    snippet = readme.split("To pack Tiny-ImageNet", 1)[1].split("```python\n", 1)[1].split("```", 1)[0]
+    src = tmp_path / "tiny-imagenet-200"
+    rng = np.random.default_rng(0)
+    wnids = ["n03", "n01", "n02"]  # not sorted on purpose: labels follow the sorted order
+    for wnid in wnids:
+        (src / "train" / wnid / "images").mkdir(parents=True)
+        for i in range(2):
+            Image.fromarray(rng.integers(0, 255, (64, 64, 3), dtype=np.uint8)).save(
+                src / "train" / wnid / "images" / f"{wnid}_{i}.JPEG", format="JPEG")
+        (src / "train" / wnid / f"{wnid}_boxes.txt").write_text("")
+    (src / "val" / "images").mkdir(parents=True)
+    lines = []
+    for i, wnid in enumerate(["n02", "n03", "n01", "n02"]):
+        Image.fromarray(rng.integers(0, 255, (64, 64, 3), dtype=np.uint8)).save(
+            src / "val" / "images" / f"val_{i}.JPEG", format="JPEG")
+        lines.append(f"val_{i}.JPEG\t{wnid}\t0\t0\t63\t63")
+    (src / "val" / "val_annotations.txt").write_text("\n".join(lines) + "\n")
+    monkeypatch.chdir(tmp_path)
+    exec(compile(snippet, "README.md", "exec"), {})
+    train = JpegPack([tmp_path / "data" / "tiny_imagenet" / "train_known_union_part1.npz"])
+    val = JpegPack([tmp_path / "data" / "tiny_imagenet" / "val.npz"])
+    assert train.labels.tolist() == [0, 0, 1, 1, 2, 2] and val.labels.tolist() == [1, 2, 0, 1]
+    assert val.raw(3) == (src / "val" / "images" / "val_3.JPEG").read_bytes()
+    assert train.decode(np.arange(6), 64).shape == (6, 64, 64, 3)
