@@ -26,7 +26,19 @@ def method_label(cfg: dict) -> str:
         label += f" (r={cfg['smoothing_r']:g})"
     if cfg.get("ad_mixed_ce"):
         label += f" +{cfg['ad_mixed_ce']:g}·CE on mixed"
-    return f"{label} [{cfg['arch']} w{cfg['width']:g}]"
+    if cfg["method"] == "ad" and cfg.get("ad_learnable_target", "raw") != "raw":
+        label += f" (learnable target: {cfg['ad_learnable_target']})"
+    backbone = f"{cfg['arch']} w{cfg['width']:g}"
+    if cfg.get("pretrained"):
+        backbone += " ImageNet"
+    if cfg.get("input_size"):
+        backbone += f" @{cfg['input_size']}px"
+    return f"{label} [{backbone}]"
+
+
+def is_pretrained(group: dict) -> bool:
+    """A group with any ImageNet-pretrained run: reported apart, never beside the from-scratch protocol."""
+    return any(r.get("pretrained") for runs in group.values() for r in runs)
 
 
 def collect(root: Path = RESULTS) -> dict:
@@ -36,7 +48,8 @@ def collect(root: Path = RESULTS) -> dict:
         if run["epoch"] != run["config"]["epochs"]:
             continue  # unfinished
         groups[path.parent.parent.name][method_label(run["config"])].append(
-            {"run": path.parent.name, "seed": run["config"]["seed"], "split": run["config"]["split"], **run["metrics"]})
+            {"run": path.parent.name, "seed": run["config"]["seed"], "split": run["config"]["split"],
+             "pretrained": run["config"].get("pretrained"), **run["metrics"]})
     return groups
 
 
@@ -60,6 +73,18 @@ def paired_deltas(methods: dict, label: str) -> dict[str, list[float]] | None:
 
 def markdown(groups: dict) -> str:
     lines = []
+    scratch = {g: m for g, m in groups.items() if not is_pretrained(m)}
+    pretrained = {g: m for g, m in groups.items() if is_pretrained(m)}
+    lines += _tables(scratch)
+    if pretrained:
+        lines += ["## ImageNet-pretrained runs (not comparable with the from-scratch open-set protocol)", ""]
+        lines += _tables(pretrained)
+    lines.append("Δ columns: mean ± std over seeds of (method − CE of the same backbone, seed and split).")
+    return "\n".join(lines)
+
+
+def _tables(groups: dict) -> list[str]:
+    lines = []
     for group, methods in groups.items():
         lines += [f"### {group}", "", "| method | runs | " + " | ".join(c[1] for c in COLUMNS)
                   + " | Δacc vs CE | ΔAUROC vs CE |", "|---|---|" + "---|" * (len(COLUMNS) + 2)]
@@ -69,8 +94,7 @@ def markdown(groups: dict) -> str:
             cells += [fmt(d["accuracy"]), fmt(d["auroc"])] if d else ["", ""]
             lines.append(f"| {label} | {len(runs)} | " + " | ".join(cells) + " |")
         lines.append("")
-    lines.append("Δ columns: mean ± std over seeds of (method − CE of the same backbone, seed and split).")
-    return "\n".join(lines)
+    return lines
 
 
 def plot(groups: dict, out: Path) -> None:
@@ -110,8 +134,8 @@ def main() -> None:
     groups = collect()
     (RESULTS / "summary.json").write_text(json.dumps(groups, indent=2))
     print(markdown(groups))
-    if a.plot:
-        plot(groups, a.plot)
+    if a.plot:  # the from-scratch protocol only: pretrained runs have their own table
+        plot({g: m for g, m in groups.items() if not is_pretrained(m)}, a.plot)
 
 
 if __name__ == "__main__":

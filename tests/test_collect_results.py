@@ -12,9 +12,9 @@ SPEC.loader.exec_module(collect_results)
 
 
 def write_run(root: Path, group: str, name: str, *, method: str, mix: str, seed: int, acc: float, auroc: float,
-              epoch: int = 3) -> None:
+              epoch: int = 3, **extra) -> None:
     cfg = {"method": method, "mix": mix, "smoothing_r": 0.75, "arch": "classifier32", "width": 0.25,
-           "seed": seed, "split": 0, "epochs": 3}
+           "seed": seed, "split": 0, "epochs": 3, **extra}
     metrics = {"accuracy": acc, "auroc": auroc, "oscr": acc * auroc, "fpr_at_95tpr": 0.9,
                "mean_max_logit_known": 2.0, "mean_max_logit_unknown": 1.0}
     (root / group / name).mkdir(parents=True)
@@ -38,3 +38,18 @@ def test_paired_deltas_subtract_the_ce_run_of_the_same_seed(tmp_path: Path) -> N
     table = collect_results.markdown(groups)
     assert "| AD+CutMix [classifier32 w0.25] | 2 | 0.7800 ± 0.0424 |" in table
     assert "-0.0300 ± 0.0141" in table  # mean ± std of the paired AUROC differences
+
+
+def test_pretrained_runs_get_their_own_section(tmp_path: Path) -> None:
+    """ImageNet-pretrained groups are printed apart from the from-scratch tables, labelled as such."""
+    write_run(tmp_path, "scratch", "ce-seed0", method="ce", mix="none", seed=0, acc=0.70, auroc=0.60)
+    write_run(tmp_path, "pre", "ce-seed0", method="ce", mix="none", seed=0, acc=0.95, auroc=0.90,
+              arch="efficientnet_lite0", width=1.0, pretrained="imagenet", input_size=64)
+    write_run(tmp_path, "pre", "ad-seed0", method="ad", mix="cutmix", seed=0, acc=0.96, auroc=0.91,
+              arch="efficientnet_lite0", width=1.0, pretrained="imagenet", input_size=64, ad_learnable_target="lam")
+    groups = collect_results.collect(tmp_path)
+    assert "AD+CutMix (learnable target: lam) [efficientnet_lite0 w1 ImageNet @64px]" in groups["pre"]
+    table = collect_results.markdown(groups)
+    head, tail = table.split("## ImageNet-pretrained runs")
+    assert "### scratch" in head and "### pre" not in head
+    assert "### pre" in tail and "### scratch" not in tail
