@@ -27,6 +27,7 @@ import numpy as np
 from osr.export.manifest import ManifestError
 from osr.serve.decode import DEFAULT_MAX_PIXELS, DecodeError, decode_file
 from osr.serve.fdr import benjamini_hochberg
+from osr.serve.monitor import format_summary, summarize_rows
 from osr.serve.predictor import MODEL_REPOSITORY_ENV, Predictor, PredictorError
 from osr.serve.results import ROW_FIELDS, error_row
 
@@ -68,6 +69,11 @@ flagged unknown by Benjamini-Hochberg at false discovery rate Q over the p-value
 in the file (the expected share of known images among the flagged ones is at most Q). Error
 rows get an empty value. The file is rewritten atomically.
 
+--summary: after scoring, print for all ok rows in --out the unknown rate against its 99 % band
+for known-class images (BetaBinomial over the calibration draw) and a Kolmogorov-Smirnov test of
+the accepted images' p-values, which are uniform when the images are of the known classes; an
+ALARM on either says the batch is not what the threshold was calibrated on (docs/serving.md).
+
 exit status: 0 all files scored; 3 some rows in --out have status=error; 2 usage error (bad
 arguments, missing input, output exists, model repository that cannot be loaded); 1 the backend
 failed (what was written so far is kept; rerun with --resume); 130 interrupted.
@@ -96,6 +102,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--overwrite", action="store_true", help="replace an existing --out")
     parser.add_argument("--fdr", type=_fdr_level, default=None, metavar="Q",
                         help=f"add column {FDR_COLUMN} (Benjamini-Hochberg at level Q)")
+    parser.add_argument("--summary", action="store_true",
+                        help="print the unknown-flag monitor's test of all ok rows in --out (see below)")
     parser.add_argument("--triton-url", default=None, metavar="URL",
                         help="use a Triton server, e.g. localhost:8000 (default: none, onnxruntime in-process)")
     parser.add_argument("--triton-protocol", choices=("http", "grpc"), default="http",
@@ -511,6 +519,8 @@ def main(argv: list[str] | None = None) -> int:
         flagged, tested = add_fdr_column(args.out, fmt, args.fdr)
         print(f"osr-score: Benjamini-Hochberg at q={args.fdr}: {flagged} of {tested} flagged unknown "
               f"(column {FDR_COLUMN})", file=sys.stderr)
+    if args.summary:
+        print(format_summary(summarize_rows(iter_output_rows(args.out, fmt), predictor.manifest["threshold"])))
     return EXIT_SOME_FAILED if counts.errors + previous.errors else EXIT_OK
 
 

@@ -172,3 +172,22 @@ def test_format_summary_text() -> None:
         f"uniformity     KS D = {summary.ks_statistic:.4f}, p = {summary.ks_p_value:.3g} over the p-values of the 3 "
         "accepted images, uniform above the threshold: no alarm (p >= 0.01)",
     ]
+
+
+def test_osr_score_summary_prints_the_batch_test(tmp_path, capsys) -> None:
+    """osr-score --summary on the bundled model: the same block as summarize_rows over --out."""
+    import json
+    from pathlib import Path
+
+    from osr.serve.score_cli import main as score_main
+
+    root = Path(__file__).resolve().parents[1]
+    repository = root / "model_repository"
+    samples = sorted(str(p) for p in (root / "samples").glob("*.jpg"))
+    for out in (tmp_path / "rows.jsonl", tmp_path / "rows.csv"):
+        assert score_main([*samples, "--model-repository", str(repository), "--out", str(out), "--summary"]) == 0
+        printed = capsys.readouterr().out.strip()
+        manifest = json.loads((repository / "cifar10-ad" / "1" / "manifest.json").read_text())
+        rows = [json.loads(line) for line in (tmp_path / "rows.jsonl").read_text().splitlines()]
+        assert printed == format_summary(summarize_rows(rows, manifest["threshold"]))
+        assert printed.startswith(f"unknown rate   0 of {len(samples)} = 0.0000; expected for known classes 0.0500")
