@@ -15,9 +15,10 @@ Decisions (documented because they change pixels):
 - Float images (mode "F") have no agreed range and are refused.
 - Accepted formats: ``ACCEPTED_FORMATS`` (the photo formats). Pillow reads about 40 more; some run
   external programs (EPS: Ghostscript) or decode more pixels than their header says (ICO).
-- The limits are checked from the header, before any pixel is decoded: at most ``max_pixels``
-  pixels and at most ``MAX_SIDE`` pixels on a side (the largest JPEG or GIF; Pillow keeps one
-  pointer per row, so a 1 x 40,000,000 strip would cost 3x a square image of the same pixels).
+- The limits are checked before any pixel is decoded: at most ``max_pixels`` pixels and at most
+  ``MAX_SIDE`` pixels on a side (the largest JPEG or GIF; Pillow keeps one pointer per row, so a
+  1 x 40,000,000 strip would cost 3x a square image of the same pixels), and a JPEG has at most
+  ``MAX_JPEG_SCANS`` scans.
 - Memory and time after decoding are bounded by the output: non-RGB images are converted to RGB a
   band of rows at a time, and ``resize_for_model`` never builds the upscaled long side.
 
@@ -50,6 +51,9 @@ IMAGE_EXTENSIONS = frozenset({
 # followed by the crop (it costs about ratio * output pixels); beyond it the crop box is resized
 # directly, which is within one grey level of it (Pillow takes the box in float32).
 EXACT_RESIZE_MAX_RATIO = 16
+# libjpeg decodes every scan of a progressive JPEG over the whole image: a file of many tiny scans
+# costs minutes of CPU. Encoders write about 10 (Pillow, libjpeg) and rarely more than 30.
+MAX_JPEG_SCANS = 100
 
 _BAND_PIXELS = 1 << 20  # non-RGB images are converted this many pixels at a time
 _WHITE = (255, 255, 255, 255)
@@ -83,7 +87,12 @@ def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarra
 
 
 def decode_file(path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
-    """Read and decode one regular file; anything else raises DecodeError("unreadable") at once.
+    """Read (``read_image_file``) and decode one file; unreadable files raise DecodeError too."""
+    return decode_image(read_image_file(path), max_pixels)
+
+
+def read_image_file(path: str | Path) -> bytes:
+    """The bytes of a regular file; anything else raises DecodeError("unreadable") at once.
 
     A FIFO, socket, device or directory is refused from ``os.stat`` before it is opened, and the
     open itself is non-blocking and checked again (``fstat``), so a file swapped for a FIFO in
@@ -98,10 +107,9 @@ def decode_file(path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.nd
             kind = _not_regular(os.fstat(descriptor).st_mode)
             if kind:
                 raise DecodeError("unreadable", f"not a regular file: {kind}")
-            data = handle.read()
+            return handle.read()
     except OSError as exc:
         raise DecodeError("unreadable", f"cannot read file: {exc.strerror or exc}") from exc
-    return decode_image(data, max_pixels)
 
 
 def _not_regular(mode: int) -> str | None:
@@ -152,7 +160,19 @@ def _open_checked(data: bytes, max_pixels: int) -> Image.Image:
         raise DecodeError(
             "too_large", f"image too large: {width}x{height} has a side longer than {MAX_SIDE} pixels"
         )
+    if image.format in ("JPEG", "MPO"):
+        scans = _jpeg_scans(data)
+        if scans > MAX_JPEG_SCANS:
+            raise DecodeError("unsupported", f"JPEG with {scans} scans; at most {MAX_JPEG_SCANS} are accepted "
+                                             "(a progressive JPEG has about 10)")
     return image
+
+
+def _jpeg_scans(data: bytes) -> int:
+    """Start-of-scan markers from the first scan on (entropy-coded data never holds FF DA: every
+    FF in it is followed by 00 or a restart marker)."""
+    first = data.find(b"\xff\xda")
+    return 0 if first < 0 else data.count(b"\xff\xda", first)
 
 
 def _to_rgb(image: Image.Image, band_pixels: int = _BAND_PIXELS) -> Image.Image:

@@ -4,11 +4,15 @@ Training decodes ImageFolder images with the same code, so served pixels equal e
 """
 
 from osr.images import (  # noqa: F401  (re-exported: the serving API)
+    ACCEPTED_FORMATS,
     DEFAULT_MAX_PIXELS,
+    IMAGE_EXTENSIONS,
+    MAX_SIDE,
     RESIZE_RULE,
     DecodeError,
     decode_file,
     decode_image,
     decode_to_pil,
+    read_image_file,
     resize_for_model,
 )
