@@ -36,7 +36,7 @@ import osr
 from osr.serve import oip
 from osr.serve.batcher import DynamicBatcher
 from osr.serve.decode import DecodeError, decode_to_pil
-from osr.serve.http_layer import BodyLimitMiddleware, BodyTooLarge, api_key_guard, install_error_handlers
+from osr.serve.http_layer import BodyReadError, api_key_guard, install_error_handlers, install_http_guards
 from osr.serve.metrics import MetricsMiddleware, ServiceMetrics
 from osr.serve.predictor import INPUT_NAME, OUTPUT_NAMES, Predictor
 from osr.serve.results import error_row, rows_from_outputs
@@ -135,7 +135,7 @@ async def _read_files(request: Request, max_files: int) -> list[tuple[str, bytes
                                  f"got Content-Type {content_type or 'none'!r}")
     try:
         form = await request.form(max_files=max_files, max_fields=max_files)
-    except BodyTooLarge:
+    except BodyReadError:  # 413 or 408, not a malformed form
         raise
     except HTTPException as exc:  # Starlette reports every multipart problem as 400
         if str(exc.detail).startswith("Too many files"):
@@ -258,10 +258,9 @@ def _check_images_input(request: oip.InferRequest, image_size: int) -> None:
 
 
 def _decode_infer_request(
-    body: bytes, headers: Mapping[str, str], image_size: int, max_bytes: int
+    body: bytes, headers: Mapping[str, str], image_size: int, max_json_bytes: int
 ) -> tuple[oip.InferRequest, np.ndarray, list[tuple[str, bool]]]:
-    body = oip.decompress_body(body, headers.get("content-encoding"), max_bytes)
-    infer_request, binary = oip.parse_infer_request(body, headers.get(oip.HEADER_LENGTH))
+    infer_request, binary = oip.parse_infer_request(body, headers.get(oip.HEADER_LENGTH), max_json_bytes)
     _check_images_input(infer_request, image_size)
     chosen = oip.requested_outputs(infer_request, list(OUTPUT_NAMES))
     images = oip.decode_input_tensors(infer_request, binary)[INPUT_NAME]
@@ -332,10 +331,11 @@ def _v2_routers(state: ServiceState, guard: Callable[[Request], None]) -> list[A
         predictor = _served_model(state, model_name, model_version)
         _, batcher = state.require_ready()
         with batcher.arrival() as arrival:
-            body = await request.body()
+            body = await oip.read_infer_body(request.stream(), request.headers, settings.max_body_bytes,
+                                             settings.max_json_bytes)  # inflated as it streams in, bounded
             # JSON parsing and tensor decoding are CPU work: off the event loop
             infer_request, images, chosen = await run_in_threadpool(
-                _decode_infer_request, body, request.headers, predictor.image_size, settings.max_body_bytes)
+                _decode_infer_request, body, request.headers, predictor.image_size, settings.max_json_bytes)
             outputs = await batcher.infer(images, arrival)
         content, header_length = await run_in_threadpool(
             oip.encode_infer_response, predictor.name, str(predictor.version), infer_request.id, outputs, chosen)
@@ -410,7 +410,7 @@ def create_app(settings: Settings | None = None, *, predictor_factory: Predictor
     routes = [route for router in routers for route in router.routes]
     routes += [route for route in app.routes if getattr(route, "path", None)]
     install_error_handlers(app)
-    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
+    install_http_guards(app, settings)  # body limit and deadline, --protect-all, 503 on shutdown
     # outermost, so the body limit's 413s are counted too
     app.add_middleware(MetricsMiddleware, metrics=state.metrics, routes=lambda: routes)
     return app

@@ -6,12 +6,20 @@ header followed by raw little-endian tensor bytes; the header length is in the H
 ``parameters.binary_data_size``. Responses use the same layout when any output is binary.
 Request bodies compressed with ``Content-Encoding: gzip|deflate`` (tritonclient's
 request_compression_algorithm) are accepted.
+
+Hostile input is bounded before it costs memory: compressed bodies are inflated while they stream
+in and refused (413) as soon as they pass the limit; the JSON part has its own size limit and a
+nesting limit checked before ``json.loads``; shapes are checked with Python integers (rank,
+each dimension, element count), so no product wraps around int64.
 """
 
 from __future__ import annotations
 
 import json
+import math
+import re
 import zlib
+from collections.abc import AsyncIterable, Mapping
 from typing import Any
 
 import numpy as np
@@ -31,9 +39,20 @@ DATATYPES: dict[str, np.dtype] = {
 NUMPY_TO_DATATYPE = {dtype: name for name, dtype in DATATYPES.items()}
 MANIFEST_DTYPES = {"uint8": "UINT8", "float32": "FP32", "int64": "INT64"}
 
+MAX_JSON_DEPTH = 64  # a request is about 4 levels, plus one per dimension of nested 'data'
+MAX_RANK = 16
+MAX_DIMENSION = 2**31 - 1
+_DEPTH_CHUNK = 1 << 20
+# a JSON string, escapes included (unrolled, so matching is linear in the length)
+_JSON_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"', re.DOTALL)
+
 
 class OipError(ValueError):
-    """A request that breaks the protocol; answered 400 with {"error": message}."""
+    """A request that breaks the protocol; answered ``status`` (400, or 413 for a limit) with {"error": message}."""
+
+    def __init__(self, message: str, status: int = 400) -> None:
+        super().__init__(message)
+        self.status = status
 
 
 # -- messages -------------------------------------------------------------------------------------
@@ -99,24 +118,88 @@ class InferResponse(BaseModel):
 
 # -- decoding requests ----------------------------------------------------------------------------
 
-def decompress_body(body: bytes, content_encoding: str | None, max_bytes: int) -> bytes:
-    """Undo gzip/deflate request compression, refusing to inflate beyond ``max_bytes``."""
+async def read_body(
+    chunks: AsyncIterable[bytes], content_encoding: str | None, max_bytes: int, what: str = "the request body"
+) -> bytes:
+    """The body as it streams in, inflated on the fly for gzip/deflate; 413 as soon as it passes
+    ``max_bytes`` (no more input is read, nothing beyond the limit is ever inflated)."""
     encoding = (content_encoding or "identity").strip().lower()
-    if encoding == "identity":
-        return body
-    if encoding not in ("gzip", "deflate"):
+    if encoding not in ("identity", "gzip", "deflate"):
         raise OipError(f"unsupported Content-Encoding {content_encoding!r}; use gzip, deflate or none")
-    inflater = zlib.decompressobj(wbits=31 if encoding == "gzip" else 15)
-    try:
-        data = inflater.decompress(body, max_bytes + 1)
-    except zlib.error as exc:
-        raise OipError(f"request body is not valid {encoding} data: {exc}") from exc
-    if len(data) > max_bytes:
-        raise OipError(f"decompressed request body is larger than the limit of {max_bytes} bytes")
-    return data
+    inflater = None if encoding == "identity" else zlib.decompressobj(wbits=31 if encoding == "gzip" else 15)
+    parts: list[bytes] = []
+    size = 0
+    async for chunk in chunks:
+        if inflater is not None:
+            try:
+                # at most one byte past the limit: enough to know it was passed
+                chunk = inflater.decompress(chunk, max_bytes - size + 1)
+            except zlib.error as exc:
+                raise OipError(f"request body is not valid {encoding} data: {exc}") from None
+        size += len(chunk)
+        if size > max_bytes:
+            raise OipError(f"{what} is larger than the limit of {max_bytes} bytes", status=413)
+        parts.append(chunk)
+    if inflater is not None:
+        if not inflater.eof:
+            raise OipError(f"request body is truncated {encoding} data")
+        if inflater.unused_data:
+            raise OipError(f"request body has {len(inflater.unused_data)} bytes after the end of its {encoding} data")
+    return b"".join(parts)
 
 
-def parse_infer_request(body: bytes, header_length: str | None) -> tuple[InferRequest, bytes]:
+async def read_infer_body(
+    chunks: AsyncIterable[bytes], headers: Mapping[str, str], max_body_bytes: int, max_json_bytes: int
+) -> bytes:
+    """An inference request's body (read_body): without a binary section the whole body is JSON,
+    so the JSON limit applies while it streams in; with one, the body limit does."""
+    if HEADER_LENGTH.lower() in {name.lower() for name in headers}:
+        limit, what = max_body_bytes, "the decompressed request body"
+    else:
+        limit, what = min(max_json_bytes, max_body_bytes), "the JSON part of the request"
+    return await read_body(chunks, headers.get("content-encoding"), limit, what)
+
+
+def check_json_depth(text: bytes, limit: int = MAX_JSON_DEPTH) -> None:
+    """Refuse JSON nested deeper than ``limit`` before json.loads recurses into it.
+
+    Linear and cheap: free when the text has at most ``limit`` brackets (any binary-data
+    request); otherwise strings are blanked out (they may hold brackets) and the depth is a
+    running sum over 1 MiB slices.
+    """
+    if text.count(b"[") + text.count(b"{") <= limit:
+        return
+    codes = np.frombuffer(_JSON_STRING.sub(b'""', text), dtype=np.uint8)
+    depth = 0
+    for start in range(0, codes.size, _DEPTH_CHUNK):
+        part = codes[start:start + _DEPTH_CHUNK]
+        steps = ((part == ord("[")) | (part == ord("{"))).astype(np.int32)
+        steps -= (part == ord("]")) | (part == ord("}"))
+        levels = np.cumsum(steps)
+        if depth + int(levels.max()) > limit:
+            raise OipError(f"request JSON nests deeper than {limit} levels")
+        depth += int(levels[-1])
+
+
+def element_count(name: str, shape: list[int], max_elements: int | None = None) -> int:
+    """Elements of ``shape``, with Python integers (no int64 wrap-around); rank and dimensions capped."""
+    if len(shape) > MAX_RANK:
+        raise OipError(f"input {name!r}: shape has {len(shape)} dimensions, at most {MAX_RANK} are supported")
+    for dimension in shape:
+        if dimension < 0:
+            raise OipError(f"input {name!r}: shape {shape} has a negative dimension")
+        if dimension > MAX_DIMENSION:
+            raise OipError(f"input {name!r}: dimension {dimension} of shape {shape} is larger than {MAX_DIMENSION}")
+    count = math.prod(shape)
+    if max_elements is not None and count > max_elements:
+        raise OipError(f"input {name!r}: shape {shape} has {count} elements, the request holds at most "
+                       f"{max_elements}")
+    return count
+
+
+def parse_infer_request(
+    body: bytes, header_length: str | None, max_json_bytes: int | None = None
+) -> tuple[InferRequest, bytes]:
     """Split the body into the JSON request and the binary section that follows it."""
     if header_length is None:
         json_part, binary = body, b""
@@ -128,11 +211,16 @@ def parse_infer_request(body: bytes, header_length: str | None) -> tuple[InferRe
         if not 0 <= length <= len(body):
             raise OipError(f"{HEADER_LENGTH} is {length} but the body has {len(body)} bytes")
         json_part, binary = body[:length], body[length:]
+    if max_json_bytes is not None and len(json_part) > max_json_bytes:
+        raise OipError(f"the JSON part of the request is larger than the limit of {max_json_bytes} bytes", 413)
     if not json_part.strip():
         raise OipError("empty request: send a JSON inference request with an 'inputs' list")
+    check_json_depth(json_part)
     try:
         payload = json.loads(json_part)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except RecursionError:  # not reached after check_json_depth; kept so no parser limit becomes a 500
+        raise OipError(f"request JSON nests deeper than {MAX_JSON_DEPTH} levels") from None
+    except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError, integers with too many digits
         raise OipError(f"request is not valid JSON: {exc}") from None
     if not isinstance(payload, dict):
         raise OipError(f"request must be a JSON object, got {type(payload).__name__}")
@@ -161,10 +249,8 @@ def decode_input_tensors(request: InferRequest, binary: bytes) -> dict[str, np.n
         if dtype is None:
             raise OipError(f"input {tensor.name!r}: datatype {tensor.datatype!r} is not supported "
                            f"(known: {', '.join(DATATYPES)})")
-        if any(d < 0 for d in tensor.shape):
-            raise OipError(f"input {tensor.name!r}: shape {tensor.shape} has a negative dimension")
-        count = int(np.prod(tensor.shape, dtype=np.int64))
         size = (tensor.parameters or {}).get("binary_data_size")
+        count = element_count(tensor.name, tensor.shape)  # then matched exactly against the data given
         if size is not None:
             if not isinstance(size, int) or size < 0:
                 raise OipError(f"input {tensor.name!r}: binary_data_size must be a non-negative integer")
@@ -189,7 +275,7 @@ def decode_input_tensors(request: InferRequest, binary: bytes) -> dict[str, np.n
 def _json_data_to_array(name: str, data: Any, dtype: np.dtype, count: int) -> np.ndarray:
     try:
         values = np.asarray(data)
-    except (ValueError, OverflowError, TypeError):
+    except (ValueError, OverflowError, TypeError, RecursionError):
         raise OipError(f"input {name!r}: 'data' must be a flat or regularly nested list of numbers") from None
     datatype = NUMPY_TO_DATATYPE[dtype]
     kind = values.dtype.kind

@@ -24,6 +24,7 @@ from osr.serve.metrics import MULTIPROC_ENV
 from osr.serve.settings import Settings
 
 APP_FACTORY = "osr.serve.app:create_app_from_env"
+API_KEY_ENV = "OSR_API_KEY"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -55,19 +56,43 @@ def build_parser() -> argparse.ArgumentParser:
     add("--default-top-k", type=int, help="classes listed per image when the request does not say (default 5)")
     add("--max-batch", type=int, help="dynamic batching: most images per inference call (default 32)")
     add("--max-wait-ms", type=float, help="dynamic batching: longest wait for more requests (default 2)")
+    add("--max-json-bytes", type=int, help="largest JSON part of an OIP inference request (default 4 MiB)")
+    add("--max-header-bytes", type=int, help="largest request line plus headers, else 431 (default 64 KiB)")
+    add("--header-timeout-s", type=float, help="seconds for a request's line and headers to arrive, else 408 "
+                                               "(default 10)")
+    add("--body-timeout-s", type=float, help="seconds for a request's body to arrive after its headers, else 408 "
+                                             "(default 60)")
     add("--api-key-file", type=Path,
         help="file holding the API key (or set OSR_API_KEY; a key on the command line would show in ps); "
-             "default: none, no key needed")
+             "default: none, no key needed; an empty file refuses to start")
+    add("--protect-all", action="store_true", default=None,
+        help="the API key also guards /metrics, /docs, /redoc, /openapi.json and the demo page "
+             "(health probes stay open); needs a key")
     return parser
 
 
+class KeyFileError(ValueError):
+    """The --api-key-file cannot be read as UTF-8 text."""
+
+
+def read_key_file(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise KeyFileError(f"cannot read the API key file {path}: it is not UTF-8 text") from None
+    except OSError as exc:
+        raise KeyFileError(f"cannot read the API key file {path}: {exc.strerror or exc}") from None
+
+
 def load_settings(argv: Sequence[str] | None = None) -> Settings:
-    """Environment first, then the flags that were given. Raises ValidationError / OSError."""
+    """Environment first, then the flags that were given. Raises ValidationError / KeyFileError."""
     args = vars(build_parser().parse_args(argv))
     key_file = args.pop("api_key_file")
     overrides = {name: value for name, value in args.items() if value is not None}
     if key_file is not None:
-        overrides["api_key"] = key_file.read_text().strip()
+        overrides["api_key"] = read_key_file(key_file)
+    elif os.environ.get(API_KEY_ENV) == "":
+        overrides["api_key"] = ""  # set but empty is refused like a blank key, never read as "no key"
     return Settings(**overrides)
 
 
@@ -83,8 +108,10 @@ def main(argv: Sequence[str] | None = None) -> None:
         settings = load_settings(argv)
         description = check_model(settings)
     except ValidationError as exc:
-        problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'settings'}: {e['msg']}" for e in exc.errors())
+        problems = "; ".join(_describe(error) for error in exc.errors())
         _fail(f"invalid settings: {problems}")
+    except KeyFileError as exc:
+        _fail(str(exc))
     except (ManifestError, OSError) as exc:
         _fail(f"cannot serve: {exc}")
 
@@ -105,6 +132,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     finally:
         if metrics_dir is not None:
             shutil.rmtree(metrics_dir, ignore_errors=True)
+
+
+def _describe(error: dict) -> str:
+    where = ".".join(map(str, error["loc"]))
+    return f"{where}: {error['msg']}" if where else error["msg"]
 
 
 def _fail(message: str) -> None:

@@ -8,7 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from osr.serve.predictor import default_model_repository
@@ -36,11 +36,23 @@ class Settings(BaseSettings):
     graceful_shutdown_s: float = Field(30.0, ge=0, description="time in-flight requests get after SIGTERM")
     log_level: Literal["critical", "error", "warning", "info", "debug", "trace"] = "info"
 
-    max_body_bytes: int = Field(20 * MIB, ge=1, description="largest request body, multipart or OIP")
+    max_body_bytes: int = Field(20 * MIB, ge=1, description="largest request body, multipart or OIP "
+                                "(after decompression for OIP)")
+    max_json_bytes: int = Field(4 * MIB, ge=1, description="largest JSON part of an OIP inference request "
+                                "(binary tensor data is counted by max_body_bytes only)")
     max_pixels: int = Field(40_000_000, ge=1, description="largest decoded image, width x height")
     max_files: int = Field(64, ge=1, description="most files in one /v1/classify request")
     default_top_k: int = Field(5, ge=0, description="top_k of /v1/classify when the query does not say")
-    api_key: SecretStr | None = Field(None, description="when set, /v1 and /v2 model routes need this key")
+    api_key: SecretStr | None = Field(None, description="when set, /v1 and the /v2 model routes need this key "
+                                      "(compared as UTF-8 bytes); given but blank refuses to start")
+    protect_all: bool = Field(False, description="the API key also guards /metrics, /docs, /redoc, /openapi.json "
+                              "and every other route except the health probes")
+
+    header_timeout_s: float = Field(10.0, gt=0, description="a request's line and headers must arrive within this "
+                                    "time of its first byte (or of the connection opening): else 408, closed")
+    body_timeout_s: float = Field(60.0, gt=0, description="a request's whole body must arrive within this time "
+                                  "of its headers: else 408, closed")
+    max_header_bytes: int = Field(64 * 1024, ge=1024, description="largest request line plus headers: else 431")
 
     max_batch: int = Field(32, ge=1, description="dynamic batching: most images in one inference call")
     max_wait_ms: float = Field(2.0, ge=0, description="dynamic batching: longest wait for more requests")
@@ -56,10 +68,31 @@ class Settings(BaseSettings):
             )
         return value.resolve()
 
-    @field_validator("triton_url", "model", "api_key", mode="before")
+    @field_validator("triton_url", "model", mode="before")
     @classmethod
     def _blank_is_none(cls, value: object) -> object:
         return None if isinstance(value, str) and not value.strip() else value
+
+    @field_validator("api_key", mode="before")
+    @classmethod
+    def _key_is_real(cls, value: object) -> object:
+        # A key that is given but blank must not quietly switch authentication off.
+        if isinstance(value, SecretStr):
+            value = value.get_secret_value()
+        if isinstance(value, str):
+            value = value.strip()  # an HTTP header cannot carry surrounding whitespace anyway
+            if not value:
+                raise ValueError("the API key is empty or only whitespace; set a key, or unset OSR_API_KEY "
+                                 "and drop --api-key-file to serve without one")
+            if any(ord(char) < 32 or ord(char) == 127 for char in value):
+                raise ValueError("the API key holds control characters, which an HTTP header cannot carry")
+        return value
+
+    @model_validator(mode="after")
+    def _protect_all_needs_a_key(self) -> Settings:
+        if self.protect_all and self.api_key is None:
+            raise ValueError("protect_all needs an API key (OSR_API_KEY or --api-key-file)")
+        return self
 
     def to_env(self) -> dict[str, str]:
         """The settings as OSR_* variables, so uvicorn worker processes rebuild exactly these settings."""
