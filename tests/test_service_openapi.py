@@ -32,7 +32,7 @@ def test_schemathesis_finds_no_disagreement(tiny_model_repository: Path, serve_a
     with serve_app(app) as url:
         proc = subprocess.run(
             [schemathesis, "--config-file", str(CONFIG), "--no-color", "run", f"{url}/openapi.json",
-             "--checks", "all", "--max-examples", "15", "--seed", "1", "--workers", "1",
+             "--checks", "all", "--max-examples", "8", "--seed", "1", "--workers", "1",
              "--generation-database", "none", "--request-timeout", "20"],
             cwd=tmp_path, capture_output=True, text=True, timeout=300,
         )
