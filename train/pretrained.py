@@ -143,12 +143,20 @@ def _load_all_but_head(model: nn.Module, state: dict[str, torch.Tensor], source:
     if not_head:
         raise PretrainedError(f"--pretrained {source}: {len(not_head)} tensors did not load, e.g. {not_head[:3]}")
     model.load_state_dict(fitting, strict=False)
-    with torch.no_grad():  # a zero head: fine-tuning starts from uniform logits, not from random large ones
-        for k in missing:
-            own_param = params.get(k)
-            if own_param is not None:
-                own_param.zero_()
+    _reset_head(model)
     return {k for k in fitting if k in params}
+
+
+def _reset_head(model: nn.Module) -> None:
+    """PyTorch's default Linear init for the new head (uniform +-1/sqrt(fan_in)): logits of moderate
+    size. timm's init for a 6-class head is far larger (a first loss of 6 instead of 1.8), and a zero
+    head gives constant logits, where DIST's correlation has an unbounded gradient (KD/AD diverge)."""
+    last = None
+    for module in model.modules():
+        if isinstance(module, nn.Linear):
+            last = module
+    if last is not None:
+        last.reset_parameters()
 
 
 def _new_head_tensor(name: str, model: nn.Module) -> bool:
