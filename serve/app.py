@@ -177,7 +177,7 @@ def _v1_router(state: ServiceState, guard: Callable[[Request], None]) -> APIRout
     settings = state.settings
 
     @router.post("/classify", response_model=ClassifyResponse, openapi_extra=_CLASSIFY_BODY_DOC,
-                 responses=error_responses(401, 413, 415, 422, 503),
+                 responses=error_responses(401, 408, 413, 415, 422, 503),
                  summary="Classify images (known class or unknown)")
     async def classify(
         request: Request,
@@ -279,7 +279,7 @@ _INFER_BODY_DOC: dict[str, Any] = {
     }
 }
 _INFER_RESPONSES: dict[int | str, dict[str, Any]] = {
-    **error_responses(400, 401, 404, 413, 503, oip=True),
+    **error_responses(400, 401, 404, 408, 413, 503, oip=True),
     200: {"description": "The outputs: JSON, or with binary outputs the JSON header followed by raw bytes.",
           "content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}},
 }

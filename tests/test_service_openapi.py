@@ -43,13 +43,14 @@ def test_schemathesis_finds_no_disagreement(tiny_model_repository: Path, serve_a
 
 def test_every_operation_documents_its_error_codes_with_a_body(schema: dict) -> None:
     expected = {
-        ("/v1/classify", "post"): {"200", "401", "413", "415", "422", "503"},
+        ("/v1/classify", "post"): {"200", "401", "408", "413", "415", "422", "503"},
         ("/v1/model", "get"): {"200", "401", "503"},
         ("/readyz", "get"): {"200", "503"},
         ("/v2/health/ready", "get"): {"200", "503"},
         ("/v2/models/{model_name}", "get"): {"200", "401", "404", "503"},
-        ("/v2/models/{model_name}/infer", "post"): {"200", "400", "401", "404", "413", "503"},
-        ("/v2/models/{model_name}/versions/{model_version}/infer", "post"): {"200", "400", "401", "404", "413", "503"},
+        ("/v2/models/{model_name}/infer", "post"): {"200", "400", "401", "404", "408", "413", "503"},
+        ("/v2/models/{model_name}/versions/{model_version}/infer", "post"): {"200", "400", "401", "404", "408", "413",
+                                                                              "503"},
     }
     for (path, method), codes in expected.items():
         responses = schema["paths"][path][method]["responses"]

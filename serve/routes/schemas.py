@@ -27,6 +27,7 @@ ERROR_MEANINGS: dict[int, str] = {
     400: "Malformed inference request: not JSON, wrong tensor name, shape or datatype.",
     401: "Missing or wrong API key (only when the server has one: X-API-Key or Authorization: Bearer).",
     404: "No such model or version on this server.",
+    408: "The request body did not arrive in time (the server's body deadline); the connection is closed.",
     413: "Request body over the server's limit, or more files than it takes in one request.",
     415: "No uploaded file is a usable image; the message gives each file's reason.",
     422: "Not a multipart/form-data body with files in the field 'files', or a bad query parameter.",
