@@ -1,12 +1,14 @@
-"""``osr-train``: the command-line entry point of the training module."""
+"""``osr-train``: the command-line entry point of the training module.
+
+Only the config (stdlib and ``osr.train.choices``) is imported before the arguments are parsed,
+so ``--help`` and argument errors answer without importing torch.
+"""
 
 from __future__ import annotations
 
 import sys
 
-from .checkpoint import CheckpointError
 from .config import config_from_args
-from .data import DataError
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -15,7 +17,10 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as e:
         print(f"osr-train: error: {e}", file=sys.stderr)
         return 2
-    from .trainer import NonFiniteLossError, Trainer  # torch import after argument errors are reported
+    # torch and the data code only now, after --help and argument errors have been answered
+    from .checkpoint import CheckpointError
+    from .data import DataError
+    from .trainer import NonFiniteLossError, Trainer
 
     try:
         metrics = Trainer(cfg).fit()

@@ -15,18 +15,13 @@ import types
 import typing
 from dataclasses import dataclass, field
 
-from .data import DATASETS
-from .models import ARCHS
-
-METHODS = ("ce", "kd", "ad")
-MIXES = ("none", "mixup", "cutmix")
-SCORES = ("max_logit", "msp", "energy")
-INPUT_NORMS = ("auto", "data", "imagenet", "half")
-AD_LEARNABLE_TARGETS = ("raw", "mixed", "lam", "none")
+# From a module that imports nothing: building the parser must not import torch (osr-train --help).
+from .choices import AD_LEARNABLE_TARGETS, ARCHS, DATASETS, INPUT_NORMS, METHODS, MIXES, SCORES
 
 
-def _f(default, help: str, choices: tuple | None = None):
-    return field(default=default, metadata={"help": help, "choices": choices})
+def _f(default, help: str, choices: tuple | None = None, shown: str | None = None):
+    """A field; `shown` is what --help gives as the default when the value itself would mislead."""
+    return field(default=default, metadata={"help": help, "choices": choices, "shown": shown})
 
 
 @dataclass
@@ -36,11 +31,11 @@ class TrainConfig:
     split: int = _f(0, "index of the known/unknown split in osr_splits.json")
     data_root: str = _f(os.environ.get("OSR_DATA_ROOT", "data"), "folder with the dataset packs or ImageFolder tree (env OSR_DATA_ROOT)")
     download: bool = _f(False, "download CIFAR-10/MNIST with torchvision when the packs are missing")
-    image_size: int | None = _f(None, "square input side; default 32 (CIFAR, MNIST) or 64 (Tiny-ImageNet)")
+    image_size: int | None = _f(None, "square side of the data", shown="32; 64 for tiny_imagenet")
     calib_fraction: float = _f(0.1, "share of each known class's training images held out for calibration")
     split_seed: int = _f(0, "seed of the calibration hold-out and subsets (keep equal for teacher and student)")
-    max_train_per_class: int | None = _f(None, "train on at most this many images per class (quick runs)")
-    max_test_per_class: int | None = _f(None, "evaluate on at most this many test images per class")
+    max_train_per_class: int | None = _f(None, "train on at most this many images per class (quick runs)", shown="all")
+    max_test_per_class: int | None = _f(None, "evaluate on at most this many test images per class", shown="all")
     skip_bad_images: bool = _f(False, "imagefolder: leave out image files that do not decode (named in a warning) "
                                       "instead of stopping with their list")
     # model
@@ -48,19 +43,19 @@ class TrainConfig:
     width: float = _f(1.0, "channel width multiplier")
     pretrained: str | None = _f(None, "start from ImageNet weights: a weights name (efficientnet_lite0: imagenet; tv_*: "
                                       "torchvision's enum names, e.g. IMAGENET1K_V1, downloaded to the torch cache) or "
-                                      "a path to a state dict")
+                                      "a path to a state dict", shown="none: random initialisation")
     input_size: int | None = _f(None, "side the network sees: batches are resized to it on the device and in the "
-                                      "exported graph (e.g. 64-224 for a pretrained backbone); default: --image-size")
+                                      "exported graph (e.g. 64-224 for a pretrained backbone)", shown="--image-size")
     input_norm: str = _f("auto", "normalisation the network sees: auto (a pretrained backbone's own, else the data's), "
                                  "data, imagenet, half (0.5/0.5)", INPUT_NORMS)
     backbone_lr_mult: float = _f(0.1, "with --pretrained: learning rate of the pretrained layers relative to the new head")
     freeze_backbone_epochs: float = _f(0.0, "with --pretrained: train only the new head for this many epochs first")
     # method
     method: str = _f("ce", "ce: cross-entropy; kd: symmetric distillation; ad: asymmetric distillation", METHODS)
-    mix: str = _f("none", "multi-sample augmentation on mixed steps (ad and kd default to cutmix)", MIXES)
+    mix: str = _f("none", "multi-sample augmentation on mixed steps", MIXES, shown="none; cutmix for kd/ad")
     p_mix: float = _f(0.5, "probability that a step is a mixed step")
     mix_alpha: float = _f(1.0, "Beta(alpha, alpha) parameter of lam")
-    teacher: str | None = _f(None, "teacher checkpoint (required for kd and ad)")
+    teacher: str | None = _f(None, "teacher checkpoint or run folder (required for kd and ad)", shown="none")
     alpha_ce: float = _f(1.0, "weight of the CE term on ordinary steps (0.95 for MobileNetV2 in the paper)")
     smoothing_r: float = _f(0.75, "r of the smoothed two-hot target on hard mixed samples (0 = released code)")
     ad_mixed_ce: float = _f(0.0, "weight of a two-hot CE on every mixed sample in AD's mixed steps (0 = the paper's "
@@ -82,7 +77,8 @@ class TrainConfig:
     momentum: float = _f(0.9, "SGD momentum")
     weight_decay: float = _f(5e-4, "SGD weight decay")
     warmup_epochs: float = _f(1.0, "linear warm-up length in epochs")
-    lr_milestones: tuple[float, ...] = _f((0.3, 0.6, 0.8), "fractions of training where the lr is multiplied by lr_gamma")
+    lr_milestones: tuple[float, ...] = _f((0.3, 0.6, 0.8), "fractions of training where the lr is multiplied by lr_gamma",
+                                          shown="0.3 0.6 0.8")
     lr_gamma: float = _f(0.2, "lr step factor")
     # run
     seed: int = _f(0, "training seed (model init, data order, augmentation)")
@@ -92,7 +88,7 @@ class TrainConfig:
     amp: bool = _f(True, "bf16 autocast on CUDA")
     channels_last: bool = _f(True, "channels_last memory format on CUDA")
     eval_every: int = _f(1, "evaluate on the test sets every N epochs (always after the last)")
-    out: str | None = _f(None, "run folder; default runs/<dataset>-s<split>-<arch>-<method>[-<mix>]-seed<seed>")
+    out: str | None = _f(None, "run folder", shown="runs/<dataset>-s<split>-<arch>-<method>[-<mix>]-seed<seed>")
     resume: bool = _f(False, "continue the run in --out from its checkpoint")
 
     def __post_init__(self) -> None:
@@ -152,17 +148,28 @@ def _optional(tp):
     return tp, False
 
 
+class _DefaultsFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Appends "(default: ...)" to every flag's help, except where the help already says it."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        if action.help and "(default: " in action.help:
+            return action.help
+        return super()._get_help_string(action)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="osr-train",
         description="Train a teacher, a distilled student (asymmetric distillation) or a baseline for open-set recognition.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=_DefaultsFormatter,
     )
     hints = typing.get_type_hints(TrainConfig)
     for f in dataclasses.fields(TrainConfig):
         tp, _ = _optional(hints[f.name])
         flag = "--" + f.name.replace("_", "-")
-        kw = {"default": f.default, "help": f.metadata["help"], "dest": f.name}
+        shown = f.metadata["shown"]
+        help_text = f.metadata["help"] + (f" (default: {shown})" if shown else "")
+        kw = {"default": f.default, "help": help_text, "dest": f.name}
         if tp is bool:
             kw.update(type=_parse_bool, nargs="?", const=True, metavar="BOOL")
         elif typing.get_origin(tp) is tuple:

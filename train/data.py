@@ -22,8 +22,8 @@ from PIL import Image
 
 from osr.images import resize_for_model
 
-DATASETS = ("cifar10", "mnist", "tiny_imagenet", "imagefolder")
-DEFAULT_IMAGE_SIZE = {"cifar10": 32, "mnist": 32, "tiny_imagenet": 64, "imagefolder": 32}
+from .choices import DATASETS, DEFAULT_IMAGE_SIZE
+
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 
 # Where each pack lives under --data-root, and how to get it.
