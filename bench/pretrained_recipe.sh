@@ -9,7 +9,8 @@
 # Environment: PYTHON (.venv/bin/python), OSR_DATA_ROOT (../shared/datasets), RESULTS
 # (bench/results), SLOTS (1: runs at the same time, each with THREADS torch threads),
 # THREADS (2), TEACHER_EPOCHS (2), STUDENT_EPOCHS (2), TEACHER_SIZE (96), STUDENT_SIZE (64),
-# MAX_PER_CLASS (3000 of the 4,500 training images per class; 0 = all).
+# MAX_PER_CLASS (3000 of the 4,500 training images per class; 0 = all), METHODS ("kd ad ce": the
+# students per seed, in this order).
 # Order: the teacher, then per seed KD, AD and CE students (the best candidate for serving first).
 # Test metrics are computed once, after the last epoch (--eval-every 1000).
 # Runs: runs/pretrained/cifar10-s0/<run>/; metrics.json + log.jsonl copied to
@@ -22,6 +23,7 @@ RESULTS=${RESULTS:-bench/results}
 SLOTS=${SLOTS:-1}; THREADS=${THREADS:-2}
 TEACHER_EPOCHS=${TEACHER_EPOCHS:-2}; STUDENT_EPOCHS=${STUDENT_EPOCHS:-2}
 MAX_PER_CLASS=${MAX_PER_CLASS:-3000}
+METHODS=${METHODS:-"kd ad ce"}
 SUBSET=(); [ "$MAX_PER_CLASS" != 0 ] && SUBSET=(--max-train-per-class "$MAX_PER_CLASS")
 TEACHER_SIZE=${TEACHER_SIZE:-96}; STUDENT_SIZE=${STUDENT_SIZE:-64}
 RUNS=runs/pretrained/cifar10-s0
@@ -53,11 +55,14 @@ mkdir -p "$RUNS"
 TEACHER=teacher-lite0-${TEACHER_SIZE}px
 train "$TEACHER" --input-size "$TEACHER_SIZE" --epochs "$TEACHER_EPOCHS"
 for seed in $SEEDS; do
-  for method in kd ad; do
+  for method in $METHODS; do
     wait_slot
-    train "$method-cutmix-lite0-${STUDENT_SIZE}px-seed$seed" --input-size "$STUDENT_SIZE" --epochs "$STUDENT_EPOCHS" \
-      --seed "$seed" --method "$method" --mix cutmix --teacher "$RUNS/$TEACHER" &
+    if [ "$method" = ce ]; then
+      train "ce-lite0-${STUDENT_SIZE}px-seed$seed" --input-size "$STUDENT_SIZE" --epochs "$STUDENT_EPOCHS" --seed "$seed" &
+    else
+      train "$method-cutmix-lite0-${STUDENT_SIZE}px-t${TEACHER_SIZE}-seed$seed" --input-size "$STUDENT_SIZE" \
+        --epochs "$STUDENT_EPOCHS" --seed "$seed" --method "$method" --mix cutmix --teacher "$RUNS/$TEACHER" &
+    fi
   done
-  wait_slot; train "ce-lite0-${STUDENT_SIZE}px-seed$seed" --input-size "$STUDENT_SIZE" --epochs "$STUDENT_EPOCHS" --seed "$seed" &
 done
 wait
