@@ -8,11 +8,16 @@ every batch, so memory stays flat and a killed run loses at most one batch (--re
 from __future__ import annotations
 
 import argparse
+import base64
+import concurrent.futures
+import contextlib
 import csv
 import glob
 import json
 import os
 import queue
+import signal
+import stat
 import sys
 import tempfile
 import threading
@@ -25,7 +30,7 @@ from typing import IO
 import numpy as np
 
 from osr.export.manifest import ManifestError
-from osr.serve.decode import DEFAULT_MAX_PIXELS, DecodeError, decode_file
+from osr.serve.decode import DEFAULT_MAX_PIXELS, IMAGE_EXTENSIONS, DecodeError, decode_to_pil, read_image_file
 from osr.serve.fdr import benjamini_hochberg
 from osr.serve.monitor import format_summary, summarize_rows
 from osr.serve.predictor import MODEL_REPOSITORY_ENV, Predictor, PredictorError
@@ -35,14 +40,19 @@ EXIT_OK = 0
 EXIT_FAILURE = 1
 EXIT_USAGE = 2
 EXIT_SOME_FAILED = 3
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report it
 
-IMAGE_EXTENSIONS = frozenset({
-    ".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff",
-    ".ppm", ".pgm", ".pbm", ".pnm", ".ico",
-})
 FDR_COLUMN = "bh_unknown"
+PATH_BYTES_FIELD = "path_bytes_b64"  # the exact bytes of a path that is not valid UTF-8
+CSV_FIELDS = (*ROW_FIELDS, PATH_BYTES_FIELD)
 _GLOB_CHARS = frozenset("*?[")
 _ENCODING = {"encoding": "utf-8", "errors": "surrogateescape"}  # file names need not be valid UTF-8
+_POLL_S = 0.1  # how often waits look at the stop flag (Ctrl-C is honoured within this, plus one batch)
+
+
+class UsageError(Exception):
+    """A problem with the arguments or the output file: exit 2 with this one-line message."""
+
 
 DESCRIPTION = """\
 Classify image files with an exported osr model; write one row per file (JSONL or CSV, by the
@@ -61,8 +71,15 @@ bundled at the root of the osr source tree; the only model there and its newest 
 unless --model / --version say otherwise. With --triton-url the images go to a Triton server
 (model name and version from the manifest), the manifest is still read locally.
 
---resume skips the paths already in --out (a torn last line from a killed run is removed first).
-Without --resume or --overwrite an existing --out is not touched.
+--resume skips the paths already in --out (a torn last row from a killed run is removed first).
+Without --resume or --overwrite an existing --out is not touched. Ctrl-C stops within about a
+second: the rows of finished batches are in --out, whole, and --resume continues from there.
+Only regular files are read: a FIFO, socket, device or folder given as a file becomes an error row.
+
+paths that are not valid UTF-8 (file names are bytes on Linux) are written with each undecodable
+byte as \\xNN in "path" and, losslessly, base64 in the extra field {PATH_BYTES_FIELD} (JSONL: only
+on those rows; CSV: a last column, empty otherwise), so the output is always valid UTF-8. CSV
+values are all quoted, so any path (newlines included) survives a round trip.
 
 --fdr Q: after scoring, a second pass over --out adds the column {FDR_COLUMN}: true for files
 flagged unknown by Benjamini-Hochberg at false discovery rate Q over the p-values of all ok rows
@@ -225,6 +242,48 @@ def remove_torn_last_line(path: Path) -> bool:
         return True
 
 
+def remove_torn_csv_record(path: Path) -> bool:
+    """Truncate a CSV file after its last complete record; ValueError for damage before the end.
+
+    A line-based cut is wrong for CSV: a quoted value may hold newlines, so a kill inside a path
+    with a newline leaves a last line that ends in one. The csv module parses the records instead;
+    the tail after the last record that ends in a newline with a full row of values is torn.
+    """
+    size = path.stat().st_size
+    consumed = 0
+    last_line = b""
+
+    def lines() -> Iterator[str]:
+        nonlocal consumed, last_line
+        with open(path, "rb") as handle:
+            for last_line in handle:
+                consumed += len(last_line)
+                yield last_line.decode("utf-8", "surrogateescape")
+
+    reader = csv.reader(lines(), strict=True)
+    complete, width = 0, None
+    try:
+        for record in reader:
+            width = len(record) if width is None else width
+            if len(record) != width or not last_line.endswith(b"\n"):
+                break
+            complete = consumed
+    except csv.Error:
+        pass
+    if complete == size:
+        return False
+    if consumed < size or _more_records(path, consumed):
+        raise ValueError(f"damaged CSV record at byte {complete} of {size} (not a torn last row)")
+    os.truncate(path, complete)
+    return True
+
+
+def _more_records(path: Path, offset: int) -> bool:
+    with open(path, "rb") as handle:
+        handle.seek(offset)
+        return bool(handle.read(1))
+
+
 def iter_output_rows(path: Path, fmt: str) -> Iterator[dict]:
     """Rows of an existing output file (CSV values stay strings)."""
     with open(path, newline="" if fmt == "csv" else None, **_ENCODING) as handle:
@@ -244,8 +303,39 @@ def _csv_header(path: Path) -> list[str] | None:
         return next(csv.reader(handle), None)
 
 
+def row_key(row: dict) -> str:
+    """The input path a written row stands for (as ``os.fsdecode`` gives it)."""
+    encoded = row.get(PATH_BYTES_FIELD)
+    return os.fsdecode(base64.b64decode(encoded)) if encoded else row["path"]
+
+
+def _path_bytes(text: str) -> bytes:
+    try:
+        return os.fsencode(text)
+    except UnicodeEncodeError:  # a lone surrogate that no file system produced
+        return text.encode("utf-8", "surrogatepass")
+
+
+def _printable(text: str) -> str:
+    """``text`` if it is valid UTF-8; else its bytes with each undecodable one written as \\xNN."""
+    if text.isascii():
+        return text
+    try:
+        text.encode("utf-8")
+        return text
+    except UnicodeEncodeError:
+        return _path_bytes(text).decode("utf-8", "backslashreplace")
+
+
+def _output_row(row: dict) -> dict:
+    out = {key: _printable(value) if isinstance(value, str) else value for key, value in row.items()}
+    if out.get("path") != row.get("path"):
+        out[PATH_BYTES_FIELD] = base64.b64encode(_path_bytes(row["path"])).decode("ascii")
+    return out
+
+
 class RowWriter:
-    """Appends rows to JSONL or CSV and flushes after each write."""
+    """Appends rows to JSONL or CSV (every value quoted) and flushes after each write."""
 
     def __init__(self, path: Path, fmt: str, fieldnames: list[str] | None = None):
         self.format = fmt
@@ -253,13 +343,14 @@ class RowWriter:
         fresh = not path.exists() or path.stat().st_size == 0
         self._handle: IO[str] = open(path, "a", newline="" if fmt == "csv" else None, **_ENCODING)
         if fmt == "csv":
-            self.fieldnames = fieldnames or list(ROW_FIELDS)
+            self.fieldnames = fieldnames or list(CSV_FIELDS)
             self._csv = csv.DictWriter(self._handle, self.fieldnames, restval="", extrasaction="ignore",
-                                       lineterminator="\n")
+                                       lineterminator="\n", quoting=csv.QUOTE_ALL)
             if fresh:
                 self._csv.writeheader()
 
     def write(self, rows: list[dict]) -> None:
+        rows = [_output_row(row) for row in rows]
         if self.format == "csv":
             self._csv.writerows(_csv_cells(row) for row in rows)
         else:
@@ -303,15 +394,38 @@ class Counts:
 
 
 def read_previous(path: Path, fmt: str) -> tuple[set[str], Counts]:
-    """Paths already scored in --out (after removing a torn last line) and their counts."""
-    if remove_torn_last_line(path):
-        print(f"osr-score: removed an incomplete last line from {path}", file=sys.stderr)
+    """Paths already scored in --out (after removing a torn last row) and their counts."""
+    if remove_torn_csv_record(path) if fmt == "csv" else remove_torn_last_line(path):
+        print(f"osr-score: removed an incomplete last row from {path}", file=sys.stderr)
     done: set[str] = set()
     counts = Counts()
     for row in iter_output_rows(path, fmt):
-        done.add(row["path"])
+        done.add(row_key(row))
         counts.add(row)
     return done, counts
+
+
+def check_output_path(path: Path) -> None:
+    """UsageError unless ``path`` can be a results file: not a folder or a FIFO, in a writable folder."""
+    if path.is_dir():
+        raise UsageError(f"--out {path} is a directory; give a file name ending in .jsonl or .csv")
+    if path.exists() or path.is_symlink():
+        try:
+            mode = path.stat().st_mode
+        except OSError as exc:
+            raise UsageError(f"--out {path}: {exc.strerror}") from None
+        if not stat.S_ISREG(mode):
+            raise UsageError(f"--out {path} is not a regular file")
+        if not os.access(path, os.W_OK):
+            raise UsageError(f"--out {path} is not writable")
+        return
+    folder = path.parent
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    if not folder.is_dir():
+        raise UsageError(f"--out {path}: {folder} is not a folder")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise UsageError(f"--out {path}: cannot create files in {folder}")
 
 
 # -- scoring pipeline ------------------------------------------------------------------------------
@@ -320,13 +434,37 @@ _END = object()
 
 
 def _load(path: str, predictor: Predictor) -> np.ndarray | dict:
-    """Decode + resize one file in a worker thread; failures come back as error rows."""
+    """Read (regular files only), decode and resize one file in a worker thread; failures come
+    back as error rows."""
     try:
-        return predictor.preprocess(decode_file(path, predictor.max_pixels))
+        return predictor.preprocess(decode_to_pil(read_image_file(path), predictor.max_pixels))
     except DecodeError as exc:
         return error_row(path, str(exc))
     except Exception as exc:  # one odd file must never stop a million-file run
         return error_row(path, f"cannot decode: {type(exc).__name__}: {exc}")
+
+
+def _next_batch(pending: queue.Queue, batch_size: int, stop: threading.Event) -> tuple[list, bool]:
+    """Wait for one queued item, then take whatever else is queued, up to ``batch_size``.
+
+    Returns (batch, finished): finished once the end marker is taken. The wait gives up when
+    ``stop`` is set; an exception queued by the producer is raised here.
+    """
+    batch: list = []
+    while True:
+        try:
+            item = pending.get(timeout=_POLL_S) if not batch else pending.get_nowait()
+        except queue.Empty:
+            if batch or stop.is_set():
+                return batch, False
+            continue
+        if item is _END:
+            return batch, True
+        if isinstance(item, BaseException):
+            raise item
+        batch.append(item)
+        if len(batch) >= batch_size:
+            return batch, False
 
 
 def score_paths(
@@ -338,22 +476,25 @@ def score_paths(
     top_k: int = 5,
     workers: int = 4,
     progress: object | None = None,
+    stop: threading.Event | None = None,
 ) -> Counts:
     """Decode ``paths`` in ``workers`` threads ahead of the model; ``write(rows)`` once per batch.
 
     A bounded queue of decode futures (2 batches deep) keeps memory flat. A batch is cut when it
     is full or when no further decoded input is queued, so a slow input stream (a pipe) still
-    gets its rows written promptly.
+    gets its rows written promptly. When ``stop`` is set (Ctrl-C) the batch being gathered is
+    dropped and the function returns within about 0.1 s: only whole batches are written.
     """
+    stop = stop or threading.Event()
     pending: queue.Queue = queue.Queue(maxsize=2 * batch_size)
     counts = Counts()
-    stop = threading.Event()
+    halt = threading.Event()
     executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="osr-decode")
 
     def put(item: object) -> bool:
-        while not stop.is_set():  # never block forever once the consumer has gone
+        while not halt.is_set():  # never block forever once the consumer has gone
             try:
-                pending.put(item, timeout=0.1)
+                pending.put(item, timeout=_POLL_S)
                 return True
             except queue.Full:
                 continue
@@ -371,40 +512,35 @@ def score_paths(
 
     producer = threading.Thread(target=produce, name="osr-paths", daemon=True)
     producer.start()
-    finished = False
     try:
-        while not finished:
-            item = pending.get()
-            batch: list[tuple[str, Future]] = []
-            while True:
-                if item is _END:
-                    finished = True
-                    break
-                if isinstance(item, BaseException):
-                    raise item
-                batch.append(item)
-                if len(batch) >= batch_size:
-                    break
-                try:
-                    item = pending.get_nowait()
-                except queue.Empty:
-                    break
-            if batch:
-                rows = _score_batch(predictor, batch, top_k)
+        finished = False
+        while not (finished or stop.is_set()):
+            batch, finished = _next_batch(pending, batch_size, stop)
+            entries = _decoded(batch, stop)
+            if entries is None:
+                break
+            if entries:
+                rows = predictor.complete_rows(entries, top_k)
                 write(rows)
                 for row in rows:
                     counts.add(row)
                 if progress is not None:
                     progress.update(len(rows))
     finally:
-        stop.set()
+        halt.set()
         executor.shutdown(wait=False, cancel_futures=True)
     return counts
 
 
-def _score_batch(predictor: Predictor, batch: list[tuple[str, Future]], top_k: int) -> list[dict]:
-    """A decoded image or an error row per path (from the decode pool) -> rows in input order."""
-    return predictor.complete_rows([(path, future.result()) for path, future in batch], top_k)
+def _decoded(batch: list[tuple[str, Future]], stop: threading.Event) -> list[tuple[str, object]] | None:
+    """(path, image or error row) per item once all are decoded; None if ``stop`` is set first."""
+    futures = [future for _, future in batch]
+    while futures:
+        _, waiting = concurrent.futures.wait(futures, timeout=_POLL_S)
+        if stop.is_set():
+            return None
+        futures = list(waiting)
+    return [(path, future.result()) for path, future in batch]
 
 
 # -- FDR pass --------------------------------------------------------------------------------------
@@ -422,7 +558,7 @@ def add_fdr_column(path: Path, fmt: str, q: float) -> tuple[int, int]:
     try:
         fieldnames = None
         if fmt == "csv":
-            header = _csv_header(path) or list(ROW_FIELDS)
+            header = _csv_header(path) or list(CSV_FIELDS)
             fieldnames = header + ([FDR_COLUMN] if FDR_COLUMN not in header else [])
         writer = RowWriter(temp, fmt, fieldnames)
         write = writer.write_cells if fmt == "csv" else writer.write
@@ -451,9 +587,8 @@ def add_fdr_column(path: Path, fmt: str, q: float) -> tuple[int, int]:
 
 # -- main ------------------------------------------------------------------------------------------
 
-def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+def _validate(args: argparse.Namespace, parser: argparse.ArgumentParser) -> str:
+    """Argument problems exit 2 through ``parser.error``; returns the output format."""
     try:
         fmt = output_format(args.out)
     except ValueError as exc:
@@ -461,56 +596,115 @@ def main(argv: list[str] | None = None) -> int:
     problem = _check_inputs(args.inputs)
     if problem:
         parser.error(problem)
-    if args.out.exists() and not (args.resume or args.overwrite):
-        parser.error(f"{args.out} exists; pass --resume to continue it or --overwrite to replace it")
     if args.resume and args.overwrite:
         parser.error("--resume and --overwrite exclude each other")
+    if args.out.is_file() and not (args.resume or args.overwrite):
+        parser.error(f"{args.out} exists; pass --resume to continue it or --overwrite to replace it")
+    return fmt
 
+
+def _load_predictor(args: argparse.Namespace) -> Predictor:
+    """The model, or UsageError with one line saying why not (the documented exit 2)."""
     try:
-        predictor = Predictor.from_repository(
+        return Predictor.from_repository(
             args.model_repository, args.model, args.version,
             triton_url=args.triton_url, triton_protocol=args.triton_protocol,
             threads=args.threads, max_pixels=args.max_pixels,
         )
     except (ManifestError, PredictorError) as exc:
-        print(f"osr-score: error: cannot load the model: {exc}", file=sys.stderr)
-        return EXIT_USAGE
+        raise UsageError(f"cannot load the model: {_one_line(exc)}") from None
+    except Exception as exc:  # whatever a broken repository makes a library raise
+        raise UsageError(f"cannot load the model: {type(exc).__name__}: {_one_line(exc)}") from None
 
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split())
+
+
+def _open_output(args: argparse.Namespace, fmt: str) -> tuple[RowWriter, set[str], Counts]:
+    """The writer (appending after a resume) with the paths and counts of the rows already there."""
     done: set[str] = set()
     previous = Counts()
     fieldnames = None
-    if args.out.exists() and args.resume:
-        try:
-            done, previous = read_previous(args.out, fmt)
-        except (ValueError, KeyError) as exc:
-            print(f"osr-score: error: cannot resume from {args.out}: {exc}", file=sys.stderr)
-            return EXIT_USAGE
-        if fmt == "csv" and args.out.stat().st_size:
-            fieldnames = _csv_header(args.out)
-    elif args.out.exists():
-        args.out.unlink()
+    try:
+        if args.out.exists() and args.resume:
+            try:
+                done, previous = read_previous(args.out, fmt)
+            except (ValueError, KeyError, csv.Error) as exc:
+                raise UsageError(f"cannot resume from {args.out}: {_one_line(exc)}") from None
+            if fmt == "csv" and args.out.stat().st_size:
+                fieldnames = _csv_header(args.out)
+        elif args.out.exists():
+            args.out.unlink()
+        return RowWriter(args.out, fmt, fieldnames), done, previous
+    except OSError as exc:
+        raise UsageError(f"cannot write --out {args.out}: {exc.strerror or exc}") from None
 
+
+@contextlib.contextmanager
+def _stop_on_sigint() -> Iterator[threading.Event]:
+    """The first Ctrl-C sets the event (the run ends after whole batches); a second one interrupts."""
+    stop = threading.Event()
+    if threading.current_thread() is not threading.main_thread():
+        yield stop
+        return
+
+    def handler(signum: int, frame: object) -> None:
+        stop.set()
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+    previous = signal.signal(signal.SIGINT, handler)
+    try:
+        yield stop
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def run(args: argparse.Namespace, predictor: Predictor, writer: RowWriter, done: set[str],
+        stop: threading.Event) -> Counts:
+    """Score every input path not in ``done`` and append the rows through ``writer``."""
     from tqdm import tqdm
 
     paths = (path for path in iter_input_paths(args.inputs) if path not in done)
-    writer = RowWriter(args.out, fmt, fieldnames)
     progress = tqdm(unit="img", desc="osr-score", initial=0, disable=None, file=sys.stderr)
     try:
         with predictor:
-            counts = score_paths(
+            return score_paths(
                 predictor, paths, writer.write, batch_size=args.batch_size, top_k=args.top_k,
-                workers=args.workers, progress=progress,
+                workers=args.workers, progress=progress, stop=stop,
             )
-    except KeyboardInterrupt:
-        print(f"\nosr-score: interrupted; rows so far are in {args.out} (continue with --resume)", file=sys.stderr)
-        return 130
-    except Exception as exc:
-        print(f"osr-score: error: {type(exc).__name__}: {exc}\nrows so far are in {args.out}; "
-              "continue with --resume", file=sys.stderr)
-        return EXIT_FAILURE
     finally:
         progress.close()
-        writer.close()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    fmt = _validate(args, parser)
+    try:
+        check_output_path(args.out)
+        predictor = _load_predictor(args)
+        writer, done, previous = _open_output(args, fmt)
+    except UsageError as exc:
+        print(f"osr-score: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+
+    interrupted = f"osr-score: interrupted; rows so far are in {args.out} (continue with --resume)"
+    with _stop_on_sigint() as stop:
+        try:
+            counts = run(args, predictor, writer, done, stop)
+        except KeyboardInterrupt:
+            print(f"\n{interrupted}", file=sys.stderr)
+            return EXIT_INTERRUPTED
+        except Exception as exc:
+            print(f"osr-score: error: {type(exc).__name__}: {exc}\nrows so far are in {args.out}; "
+                  "continue with --resume", file=sys.stderr)
+            return EXIT_FAILURE
+        finally:
+            writer.close()
+    if stop.is_set():
+        print(interrupted, file=sys.stderr)
+        return EXIT_INTERRUPTED
 
     summary = (f"osr-score: {counts.ok} scored ({counts.unknown} unknown), {counts.errors} failed"
                + (f", {len(done)} already in {args.out}" if done else "") + f" -> {args.out}")

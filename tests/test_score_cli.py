@@ -271,3 +271,241 @@ def test_pipeline_stops_cleanly_when_the_backend_fails(tiny_model_repository: Pa
     with pytest.raises(RuntimeError, match="backend down"):
         score_paths(predictor, endless, written.extend, batch_size=2, workers=2)
     assert written == []
+
+
+# -- hardening (issue 10) --------------------------------------------------------------------------
+
+def _cli(repository: Path, *args: str) -> list[str]:
+    return [sys.executable, "-m", "osr.serve.score_cli", *args, "--model-repository", str(repository),
+            "--threads", "1", "--workers", "2"]
+
+
+def _png_bytes(seed: int = 0, size: tuple[int, int] = (12, 10)) -> bytes:
+    import io
+
+    buffer = io.BytesIO()
+    pixels = np.random.default_rng(seed).integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)
+    Image.fromarray(pixels).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def _one_line_error(stderr: str) -> str:
+    assert "Traceback" not in stderr, stderr
+    lines = [line for line in stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, lines
+    assert lines[0].startswith("osr-score: error:"), lines
+    return lines[0]
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="needs FIFOs and Unix sockets")
+def test_fifo_socket_and_device_become_error_rows_at_once(tiny_model_repository: Path, tmp_path: Path) -> None:
+    """Issue 10: a FIFO named *.jpg blocked osr-score forever and held back the good rows of its batch."""
+    import socket
+
+    folder = tmp_path / "in"
+    folder.mkdir()
+    (folder / "a_good.png").write_bytes(_png_bytes(0))
+    os.mkfifo(folder / "b_pipe.jpg")
+    server = socket.socket(socket.AF_UNIX)
+    server.bind(str(folder / "c_socket.png"))
+    (folder / "d_good.png").write_bytes(_png_bytes(1))
+    listing = tmp_path / "list.txt"
+    listing.write_text(f"{folder}\n{os.devnull}\n")
+    out = tmp_path / "r.jsonl"
+    try:
+        done = subprocess.run(_cli(tiny_model_repository, f"@{listing}", "--out", str(out), "--batch-size", "8"),
+                              capture_output=True, text=True, timeout=60)
+    finally:
+        server.close()
+    assert done.returncode == 3, done.stderr
+    rows = {Path(row["path"]).name: row for row in _read_rows(out)}
+    assert rows["a_good.png"]["status"] == rows["d_good.png"]["status"] == "ok"
+    assert rows["b_pipe.jpg"]["error"] == "not a regular file: a FIFO (named pipe)"
+    assert rows["c_socket.png"]["error"] == "not a regular file: a socket"
+    assert rows[Path(os.devnull).name]["error"] == "not a regular file: a character device"
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="needs FIFOs")
+def test_sigint_stops_within_two_seconds_and_resume_finishes_without_duplicates(
+    tiny_model_repository: Path, tmp_path: Path
+) -> None:
+    """Issue 10: Ctrl-C did not end osr-score. Now: exit 130 at once, whole rows only, resumable."""
+    folder = tmp_path / "in"
+    folder.mkdir()
+    data = _png_bytes(2)
+    paths = []
+    for index in range(60):
+        paths.append(folder / f"{index:03d}.png")
+        paths[-1].write_bytes(data)
+    os.mkfifo(folder / "030_pipe.jpg")  # the old code blocked on it and then hung at exit
+    paths.insert(31, folder / "030_pipe.jpg")
+    out = tmp_path / "r.jsonl"
+    fifo = tmp_path / "paths.fifo"
+    os.mkfifo(fifo)
+    process = subprocess.Popen(_cli(tiny_model_repository, f"@{fifo}", "--out", str(out), "--batch-size", "4"),
+                               stderr=subprocess.PIPE, text=True)
+    try:
+        writer = _open_fifo_for_writing(fifo, process)
+        os.write(writer, "".join(f"{path}\n" for path in paths[:40]).encode())
+        _wait_for_lines(out, 36)  # mid-run: the path stream stays open
+        sent = time.monotonic()
+        process.send_signal(signal.SIGINT)
+        try:
+            process.wait(timeout=10)
+        finally:
+            os.close(writer)
+        elapsed = time.monotonic() - sent
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    stderr = process.stderr.read()
+    assert process.returncode == 130, stderr
+    # 0.12 s on an idle 2-core machine; the margin is for a loaded CI runner
+    assert elapsed < 3.0, f"took {elapsed:.2f} s to stop"
+    assert "Traceback" not in stderr and "--resume" in stderr
+    assert out.read_bytes().endswith(b"\n")  # flushed, whole rows only
+    assert [row["path"] for row in _read_rows(out)] == [str(path) for path in paths[:len(_read_rows(out))]]
+
+    listing = tmp_path / "all.txt"
+    listing.write_text("".join(f"{path}\n" for path in paths))
+    done = subprocess.run(_cli(tiny_model_repository, f"@{listing}", "--out", str(out), "--resume"),
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 3, done.stderr  # the FIFO is an error row
+    rows = _read_rows(out)
+    assert sorted(row["path"] for row in rows) == sorted(str(path) for path in paths)
+
+
+def test_sigint_handler_is_restored_after_main(tiny_model_repository: Path, image_folder: Path, tmp_path: Path) -> None:
+    before = signal.getsignal(signal.SIGINT)
+    _score(tiny_model_repository, str(image_folder), "--out", str(tmp_path / "r.jsonl"))
+    assert signal.getsignal(signal.SIGINT) is before
+
+
+@pytest.mark.parametrize("mode", ["", "--resume", "--overwrite"])
+def test_out_that_is_a_directory_or_unwritable_is_a_one_line_usage_error(
+    tiny_model_repository: Path, image_folder: Path, tmp_path: Path, capsys, mode: str
+) -> None:
+    """Issue 10: a directory or unwritable --out gave a traceback."""
+    folder_out = tmp_path / "r.jsonl"
+    folder_out.mkdir()
+    a_file = tmp_path / "plain.txt"
+    a_file.write_text("x")
+    cases = [(folder_out, "is a directory"), (a_file / "r.jsonl", "not a folder")]
+    if hasattr(os, "mkfifo"):  # an existing FIFO would block the open for writing
+        os.mkfifo(tmp_path / "fifo.csv")
+        cases.append((tmp_path / "fifo.csv", "not a regular file"))
+    for out, words in cases:
+        code = _score(tiny_model_repository, str(image_folder), "--out", str(out), *([mode] if mode else []))
+        assert code == 2, out
+        assert words in _one_line_error(capsys.readouterr().err)
+
+
+def test_csv_resume_after_a_kill_inside_a_row_whose_path_holds_a_newline(
+    tiny_model_repository: Path, tmp_path: Path
+) -> None:
+    """Issue 10: after a kill inside such a row, --resume left a merged row (the cut was at the last \\n)."""
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for name, seed in (("a\nb.png", 3), ('c"\r\n.png', 4), ("d.png", 5)):
+        (folder / name).write_bytes(_png_bytes(seed))
+    out = tmp_path / "r.csv"
+    assert _score(tiny_model_repository, str(folder), "--out", str(out), "--batch-size", "1") == 0
+    complete = out.read_bytes()
+    reference = _read_rows(out)
+    assert [Path(row["path"]).name for row in reference] == ["a\nb.png", 'c"\r\n.png', "d.png"]
+    # killed just after the newline inside the first row's path, and inside the second row's path
+    for cut in (complete.index(b"a\nb.png") + 2, complete.index(b'c""\r\n.png') + 5):
+        out.write_bytes(complete[:cut])
+        assert _score(tiny_model_repository, str(folder), "--out", str(out), "--resume", "--batch-size", "1") == 0
+        rows = _read_rows(out)
+        assert [row["path"] for row in rows] == [row["path"] for row in reference], cut
+        assert all(row["status"] == "ok" and json.loads(row["top_k"]) for row in rows)
+
+
+def test_a_corrupt_csv_record_before_the_end_is_not_truncated(
+    tiny_model_repository: Path, image_folder: Path, tmp_path: Path, capsys
+) -> None:
+    out = tmp_path / "r.csv"
+    assert _score(tiny_model_repository, str(image_folder), "--out", str(out)) == 3
+    capsys.readouterr()
+    lines = out.read_bytes().split(b"\n")
+    lines[2] = lines[2][: len(lines[2]) // 2]  # a damaged record in the middle, not a torn tail
+    out.write_bytes(b"\n".join(lines))
+    before = out.read_bytes()
+    assert _score(tiny_model_repository, str(image_folder), "--out", str(out), "--resume") == 2
+    assert "cannot resume" in _one_line_error(capsys.readouterr().err)
+    assert out.read_bytes() == before
+
+
+@pytest.mark.skipif(sys.platform == "darwin", reason="macOS file systems refuse names that are not UTF-8")
+@pytest.mark.parametrize("suffix", [".jsonl", ".csv"])
+def test_non_utf8_file_names_are_written_losslessly_as_valid_utf8(
+    tiny_model_repository: Path, tmp_path: Path, suffix: str
+) -> None:
+    """Issue 10: non-UTF-8 names made the JSONL invalid UTF-8."""
+    import base64
+
+    folder = tmp_path / "in"
+    folder.mkdir()
+    raw_name = b"caf\xe9-\xff.png"  # Latin-1 bytes: not UTF-8
+    (folder / os.fsdecode(raw_name)).write_bytes(_png_bytes(6))
+    (folder / "plain.png").write_bytes(_png_bytes(7))
+    out = tmp_path / f"r{suffix}"
+    assert _score(tiny_model_repository, str(folder), "--out", str(out)) == 0
+    text = out.read_bytes().decode("utf-8")  # strict: raises on invalid UTF-8
+    rows = _read_rows(out)
+    odd, plain = rows
+    assert odd["path"].endswith("caf\\xe9-\\xff.png") and "\\xe9" in text
+    assert base64.b64decode(odd["path_bytes_b64"]) == os.fsencode(folder) + b"/" + raw_name
+    assert not plain.get("path_bytes_b64")  # only when needed
+    if suffix == ".jsonl":
+        assert "path_bytes_b64" not in plain
+    # resume recognises the odd name as done
+    assert _score(tiny_model_repository, str(folder), "--out", str(out), "--resume") == 0
+    assert out.read_bytes().decode("utf-8") == text
+
+
+def test_broken_model_exits_2_with_one_line(tiny_model_repository: Path, image_folder: Path, tmp_path: Path,
+                                            capsys) -> None:
+    """Issue 10: a model file that is not ONNX (its hash matching the manifest) exited 1 with a traceback."""
+    import shutil
+
+    from osr.export.manifest import sha256_file
+
+    repository = tmp_path / "repository"
+    shutil.copytree(tiny_model_repository, repository)
+    [manifest_path] = repository.glob("*/*/manifest.json")
+    manifest = json.loads(manifest_path.read_text())
+    model = manifest_path.parent / manifest["model_file"]
+    model.write_text("this is not an ONNX graph\n")
+    manifest["sha256"] = sha256_file(model)
+    manifest_path.write_text(json.dumps(manifest))
+    out = tmp_path / "r.jsonl"
+    assert _score(repository, str(image_folder), "--out", str(out)) == 2
+    assert "cannot load the model" in _one_line_error(capsys.readouterr().err)
+    assert not out.exists()
+
+
+def test_next_batch_takes_what_is_queued_up_to_the_batch_size() -> None:
+    import queue
+    import threading
+
+    from osr.serve.score_cli import _END, _next_batch
+
+    pending: queue.Queue = queue.Queue()
+    for item in ("a", "b", "c"):
+        pending.put(item)
+    stop = threading.Event()
+    assert _next_batch(pending, 2, stop) == (["a", "b"], False)
+    assert _next_batch(pending, 2, stop) == (["c"], False)  # cut when nothing more is queued
+    pending.put("d")
+    pending.put(_END)
+    assert _next_batch(pending, 5, stop) == (["d"], True)
+    stop.set()
+    started = time.monotonic()
+    assert _next_batch(pending, 5, stop) == ([], False)  # an empty queue does not block a stop
+    assert time.monotonic() - started < 1
+    pending.put(RuntimeError("path stream failed"))
+    with pytest.raises(RuntimeError, match="path stream"):
+        _next_batch(pending, 5, threading.Event())
