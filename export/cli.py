@@ -20,7 +20,9 @@ from typing import Sequence
 
 import numpy as np
 
-from osr.export.graph import SCORE_FUNCTIONS
+# The score names without torch (osr.export.graph has the same tuple; tests/test_cli_help.py checks),
+# so --help and argument errors answer at once.
+from osr.train.choices import SCORES as SCORE_FUNCTIONS
 
 log = logging.getLogger("osr.export")
 

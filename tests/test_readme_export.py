@@ -93,3 +93,20 @@ def test_readme_export_line_leaves_the_bundled_model_untouched(
     assert (clone / "model_repository") not in written.parents
     assert tree_digest(clone / "model_repository") == copy
     assert tree_digest(ROOT / "model_repository") == bundled
+
+
+@pytest.mark.skipif(shutil.which("make") is None, reason="needs make")
+def test_make_serve_passes_model_and_repository_only_when_set(tmp_path: Path) -> None:
+    import subprocess
+
+    def serve_line(*assignments: str) -> str:
+        # -n: print the commands without running them; a fresh VENV makes the output not depend on .venv
+        out = subprocess.run(["make", "-n", "--no-print-directory", "-C", str(ROOT), "serve",
+                              f"VENV={tmp_path / 'venv'}", *assignments],
+                             capture_output=True, text=True, check=True).stdout
+        return out.strip().splitlines()[-1]
+
+    assert serve_line("MODEL=my-model", "REPOSITORY=exports").endswith(
+        "osr-serve --host 127.0.0.1 --port 8000 --model-repository exports --model my-model")
+    assert "--model" not in serve_line() and "--model-repository" not in serve_line("MODEL=m")
+    assert serve_line("MODEL=m").endswith("--model m")
