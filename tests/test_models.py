@@ -2,10 +2,10 @@ import pytest
 import torch
 from torch import nn
 
-from osr.train.models import ARCHS, build_model, count_parameters
+from osr.train.models import ARCHS, SCRATCH_ARCHS, build_model, count_parameters
 
 
-@pytest.mark.parametrize("arch", ARCHS)
+@pytest.mark.parametrize("arch", SCRATCH_ARCHS)
 @pytest.mark.parametrize("width", [0.25, 0.5])
 def test_small_widths_give_logits_at_32_and_64_px(arch, width):
     torch.manual_seed(0)
@@ -17,7 +17,7 @@ def test_small_widths_give_logits_at_32_and_64_px(arch, width):
 
 @pytest.mark.parametrize("arch", ARCHS)
 def test_grey_28px_converted_to_rgb_works(arch):
-    model = build_model(arch, num_classes=4, width=0.25).eval()
+    model = build_model(arch, num_classes=4, width=0.25 if arch in SCRATCH_ARCHS else 1.0).eval()
     grey = torch.randn(2, 1, 28, 28).expand(-1, 3, -1, -1)
     with torch.no_grad():
         assert model(grey).shape == (2, 4)
@@ -76,3 +76,8 @@ def test_classifier32_head_is_bias_free():
     model = build_model("classifier32", 10, width=0.5)
     assert model.fc.bias is None
     assert model.fc.in_features == 64
+
+
+def test_pretrained_archs_have_fixed_widths():
+    with pytest.raises(ValueError, match="leave --width at 1"):
+        build_model("efficientnet_lite0", 6, width=0.5)

@@ -143,7 +143,8 @@ def _load_all_but_head(model: nn.Module, state: dict[str, torch.Tensor], source:
     if not_head:
         raise PretrainedError(f"--pretrained {source}: {len(not_head)} tensors did not load, e.g. {not_head[:3]}")
     model.load_state_dict(fitting, strict=False)
-    _reset_head(model)
+    if missing:  # the head did not load (another number of classes): a fresh, moderate init
+        _reset_head(model)
     return {k for k in fitting if k in params}
 
 
