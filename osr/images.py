@@ -88,15 +88,22 @@ def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarra
 
 def decode_file(path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
     """Read (``read_image_file``) and decode one file; unreadable files raise DecodeError too."""
-    return decode_image(read_image_file(path), max_pixels)
+    return decode_image(read_image_file(path, max_file_bytes(max_pixels)), max_pixels)
 
 
-def read_image_file(path: str | Path) -> bytes:
+def max_file_bytes(max_pixels: int) -> int:
+    """The largest file an image of ``max_pixels`` pixels can need: 8 bytes a pixel (uncompressed
+    16-bit RGBA or CMYK) plus 16 MiB of metadata."""
+    return 8 * max_pixels + (16 << 20)
+
+
+def read_image_file(path: str | Path, max_bytes: int | None = None) -> bytes:
     """The bytes of a regular file; anything else raises DecodeError("unreadable") at once.
 
     A FIFO, socket, device or directory is refused from ``os.stat`` before it is opened, and the
     open itself is non-blocking and checked again (``fstat``), so a file swapped for a FIFO in
-    between cannot block the caller either.
+    between cannot block the caller either. A file over ``max_bytes`` is refused ("too_large")
+    without reading it.
     """
     try:
         kind = _not_regular(os.stat(path).st_mode)
@@ -104,12 +111,20 @@ def read_image_file(path: str | Path) -> bytes:
             raise DecodeError("unreadable", f"not a regular file: {kind}")
         descriptor = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
         with open(descriptor, "rb") as handle:
-            kind = _not_regular(os.fstat(descriptor).st_mode)
+            info = os.fstat(descriptor)
+            kind = _not_regular(info.st_mode)
             if kind:
                 raise DecodeError("unreadable", f"not a regular file: {kind}")
-            return handle.read()
+            if max_bytes is None:
+                return handle.read()
+            if info.st_size > max_bytes:
+                raise DecodeError("too_large", f"file too large: {info.st_size} bytes, limit is {max_bytes}")
+            data = handle.read(max_bytes + 1)  # the file may have grown since fstat
     except OSError as exc:
         raise DecodeError("unreadable", f"cannot read file: {exc.strerror or exc}") from exc
+    if len(data) > max_bytes:
+        raise DecodeError("too_large", f"file too large: more than {max_bytes} bytes, limit is {max_bytes}")
+    return data
 
 
 def _not_regular(mode: int) -> str | None:

@@ -13,6 +13,7 @@ from osr.images import (  # noqa: F401  (re-exported: the serving API)
     decode_file,
     decode_image,
     decode_to_pil,
+    max_file_bytes,
     read_image_file,
     resize_for_model,
 )

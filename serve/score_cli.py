@@ -30,7 +30,14 @@ from typing import IO
 import numpy as np
 
 from osr.export.manifest import ManifestError
-from osr.serve.decode import DEFAULT_MAX_PIXELS, IMAGE_EXTENSIONS, DecodeError, decode_to_pil, read_image_file
+from osr.serve.decode import (
+    DEFAULT_MAX_PIXELS,
+    IMAGE_EXTENSIONS,
+    DecodeError,
+    decode_to_pil,
+    max_file_bytes,
+    read_image_file,
+)
 from osr.serve.fdr import benjamini_hochberg
 from osr.serve.monitor import format_summary, summarize_rows
 from osr.serve.predictor import MODEL_REPOSITORY_ENV, Predictor, PredictorError
@@ -437,7 +444,8 @@ def _load(path: str, predictor: Predictor) -> np.ndarray | dict:
     """Read (regular files only), decode and resize one file in a worker thread; failures come
     back as error rows."""
     try:
-        return predictor.preprocess(decode_to_pil(read_image_file(path), predictor.max_pixels))
+        data = read_image_file(path, max_file_bytes(predictor.max_pixels))
+        return predictor.preprocess(decode_to_pil(data, predictor.max_pixels))
     except DecodeError as exc:
         return error_row(path, str(exc))
     except Exception as exc:  # one odd file must never stop a million-file run

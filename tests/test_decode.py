@@ -481,3 +481,16 @@ def test_jpeg_with_hundreds_of_scans_is_refused_before_decoding() -> None:
     with pytest.raises(DecodeError, match="scans") as info:
         decode_image(bomb)
     assert info.value.reason == "unsupported"
+
+
+def test_decode_file_refuses_a_file_larger_than_any_image_within_the_pixel_limit(tmp_path) -> None:
+    """osr-score reads each file whole: a 10 GB file named *.jpg must not be read into memory."""
+    from osr.images import max_file_bytes
+
+    huge = tmp_path / "huge.jpg"
+    with open(huge, "wb") as handle:
+        handle.truncate(max_file_bytes(1_000) + 1)  # sparse: nothing is written
+    with pytest.raises(DecodeError, match="file too large") as info:
+        decode_file(huge, max_pixels=1_000)
+    assert info.value.reason == "too_large"
+    assert max_file_bytes(40_000_000) == 8 * 40_000_000 + (16 << 20)  # 16-bit RGBA, uncompressed
