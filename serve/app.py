@@ -2,17 +2,21 @@
 
 Status codes for bad input (never a 5xx):
 - 401 missing or wrong API key (only when one is configured);
+- 408 request headers not complete within ``header_timeout_s``, or body within ``body_timeout_s``;
 - 413 body over ``max_body_bytes`` (Content-Length checked first, then counted while streaming),
-  or more than ``max_files`` files;
+  more than ``max_files`` files, or an OIP JSON part / inflated body over its limit;
+- 431 request line and headers over ``max_header_bytes``;
 - 415 /v1/classify where NO file is a usable image (the message lists each file's reason); when
   at least one file decodes, the others are rows with status "error" and the answer is 200;
 - 422 /v1/classify request that is not a multipart form with files in the field ``files``;
 - 400 /v2 inference request with garbage JSON, a wrong shape or a wrong datatype;
-- 404 unknown route, model or version; 503 while the model is loading.
+- 404 unknown route, model or version; 503 while the model is loading, or for a request still
+  running when shutdown's grace period ends.
 /v1 (and every non-/v2 route) answers errors as {"detail": message}; /v2 as {"error": message},
 the Open Inference Protocol's error body that tritonclient reads.
-The API key guards /v1/* and /v2 metadata and inference; health, /metrics and /docs stay open
-for probes and scrapers.
+The API key guards /v1/* and /v2 metadata and inference; health, /metrics, the docs and the demo
+page stay open for probes and scrapers, unless ``protect_all`` (then only the health probes are
+open). docs/security.md lists every limit and what pins it.
 """
 
 from __future__ import annotations

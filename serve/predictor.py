@@ -6,6 +6,8 @@ Backends share one interface (``infer(batch) -> {"logits", "score", "label", "p_
   reached with tritonclient over HTTP or gRPC; model name and version come from the manifest.
 The manifest is always read from the local repository (classes, image size, threshold), and the
 sha256 of model.onnx is checked even with Triton, so the decisions are those of the audited file.
+``from_repository`` runs the preflight (preflight.py): a repository that cannot be served
+correctly is refused there, with one line, before anything is served or scored.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from typing import Protocol
 import numpy as np
 
 from osr.export.manifest import ManifestError, load_manifest, resolve_version_dir
+from osr.serve import preflight
 from osr.serve.decode import DEFAULT_MAX_PIXELS, DecodeError, decode_to_pil, resize_for_model
 from osr.serve.results import error_row, rows_from_outputs
 
@@ -77,7 +80,7 @@ class OnnxRuntimeBackend:
                 str(model_path), sess_options=options, providers=list(providers or ["CPUExecutionProvider"])
             )
         except Exception as exc:  # onnxruntime raises its own exception types
-            raise PredictorError(f"onnxruntime cannot load {model_path}: {exc}") from exc
+            raise PredictorError(f"onnxruntime cannot load {model_path}: {preflight.one_line(exc)}") from exc
         inputs = [i.name for i in self.session.get_inputs()]
         outputs = [o.name for o in self.session.get_outputs()]
         if inputs != [INPUT_NAME] or not set(OUTPUT_NAMES) <= set(outputs):
@@ -256,8 +259,13 @@ class Predictor:
         if not repository.is_dir():
             raise ManifestError(f"model repository {repository} does not exist or is not a folder")
         version_dir = resolve_version_dir(repository, model, version)
+        preflight.check_model_file_name(version_dir)  # before the file is hashed
         manifest = load_manifest(version_dir)
         _check_manifest_contract(manifest)
+        preflight.check_manifest(manifest, version_dir)
+        model_path = version_dir / manifest["model_file"]
+        if not triton_url or model_path.suffix == ".onnx":  # a TensorRT plan is Triton's to check
+            preflight.check_graph(model_path, manifest)
         if triton_url:
             backend: Backend = TritonBackend(
                 triton_url, manifest["name"], manifest["version"], protocol=triton_protocol,
@@ -265,10 +273,17 @@ class Predictor:
             )
         else:
             backend = OnnxRuntimeBackend(
-                version_dir / manifest.get("model_file", "model.onnx"), threads=threads, providers=providers,
+                model_path, threads=threads, providers=providers,
                 max_batch_size=max_batch_size or DEFAULT_MAX_BATCH_SIZE,
             )
-        return cls(manifest, backend, version_dir=version_dir, max_pixels=max_pixels, max_batch_size=max_batch_size)
+        predictor = cls(manifest, backend, version_dir=version_dir, max_pixels=max_pixels,
+                        max_batch_size=max_batch_size)
+        try:
+            predictor.check_test_batch()
+        except BaseException:
+            predictor.close()
+            raise
+        return predictor
 
     # -- inference -------------------------------------------------------------------------------
 
@@ -324,6 +339,17 @@ class Predictor:
             for i, row in zip(todo, self.predict_batch(batch, [entries[i][0] for i in todo], top_k)):
                 rows[i] = row
         return rows  # type: ignore[return-value]
+
+    def check_test_batch(self) -> None:
+        """Preflight's last step: two black images through the backend give outputs of the contract's
+        shapes (also the backend's lazy initialisation). Raises PredictorError / ManifestError."""
+        batch = np.zeros((2, self.image_size, self.image_size, 3), dtype=np.uint8)
+        try:
+            outputs = self.backend.infer(batch)
+        except Exception as exc:  # onnxruntime and tritonclient raise their own types
+            raise PredictorError(f"{self.name} version {self.version} fails on a test batch of 2 images: "
+                                 f"{preflight.one_line(exc)}") from exc
+        preflight.check_outputs(outputs, 2, len(self.classes), f"{self.name} version {self.version}")
 
     def warmup(self) -> None:
         """One inference on a black batch so the first request does not pay for lazy initialisation."""

@@ -1,29 +1,37 @@
 """``osr-serve``: run the HTTP service with uvicorn.
 
-Flags override the OSR_* environment (see settings.py). The settings, the repository, the manifest
-and the model file's sha256 are checked before uvicorn starts: a bad setup exits with status 2 and
-a message that says what is wrong. Workers rebuild the same settings from OSR_* variables that this
-process exports. On SIGTERM uvicorn stops accepting connections and lets in-flight requests finish
-(up to --graceful-shutdown-s); queued batches are run before the batcher stops.
+Flags override the OSR_* environment (see settings.py). Before uvicorn listens, the settings are
+checked and the model is loaded as it will be served (Predictor.from_repository: the preflight of
+preflight.py and a test batch): a bad setup exits with status 2 and one line that says what is
+wrong, never a server that is up but not (or wrongly) ready. With one worker the loaded model is
+the one served; worker processes rebuild the same settings from the OSR_* variables that this
+process exports and load their own. On SIGTERM uvicorn stops accepting connections and lets
+in-flight requests finish (up to --graceful-shutdown-s; requests still running then get 503),
+queued batches are run before the batcher stops, and the process exits with status 0.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import os
 import shutil
+import signal
 import sys
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from pydantic import ValidationError
 
-from osr.export.manifest import ManifestError, load_manifest, resolve_version_dir
+from osr.export.manifest import ManifestError
 from osr.serve.metrics import MULTIPROC_ENV
+from osr.serve.predictor import Predictor, PredictorError
 from osr.serve.settings import Settings
 
 APP_FACTORY = "osr.serve.app:create_app_from_env"
+PROTOCOL = "osr.serve.http_protocol:GuardedHttpToolsProtocol"  # header deadline and size cap
 API_KEY_ENV = "OSR_API_KEY"
 
 
@@ -96,42 +104,69 @@ def load_settings(argv: Sequence[str] | None = None) -> Settings:
     return Settings(**overrides)
 
 
-def check_model(settings: Settings) -> str:
-    """Resolve the version folder and verify its manifest and sha256, as serving will. Raises ManifestError."""
-    version_dir = resolve_version_dir(settings.model_repository, settings.model, settings.version)
-    manifest = load_manifest(version_dir)
-    return f"{manifest['name']} version {manifest['version']} ({version_dir})"
+def load_checked_model(settings: Settings) -> Predictor:
+    """Load the model exactly as serving will (Predictor.from_repository runs the preflight checks
+    and a test batch). Raises ManifestError / PredictorError with a one-line message."""
+    from osr.serve.app import default_predictor_factory
+
+    return default_predictor_factory(settings)()
+
+
+def uvicorn_options(settings: Settings) -> dict[str, Any]:
+    """uvicorn's settings for osr-serve: the header deadline and cap (http_protocol.py; h11's own
+    cap when httptools is missing), the grace period after SIGTERM."""
+    return {
+        "host": settings.host, "port": settings.port, "log_level": settings.log_level,
+        "timeout_graceful_shutdown": settings.graceful_shutdown_s,
+        "http": PROTOCOL if importlib.util.find_spec("httptools") else "h11",
+        "h11_max_incomplete_event_size": settings.max_header_bytes,
+    }
 
 
 def main(argv: Sequence[str] | None = None) -> None:
     try:
         settings = load_settings(argv)
-        description = check_model(settings)
+        predictor = load_checked_model(settings)
     except ValidationError as exc:
         problems = "; ".join(_describe(error) for error in exc.errors())
         _fail(f"invalid settings: {problems}")
     except KeyFileError as exc:
         _fail(str(exc))
-    except (ManifestError, OSError) as exc:
+    except (ManifestError, PredictorError, OSError) as exc:
         _fail(f"cannot serve: {exc}")
+    description = f"{predictor.name} version {predictor.version} ({predictor.version_dir})"
 
     import uvicorn  # after the checks, so a bad setup fails fast and cheaply
 
-    os.environ.update(settings.to_env())  # worker processes rebuild exactly these settings
+    os.environ.update(settings.to_env())  # worker processes (and the protocol's limits) rebuild these settings
     metrics_dir = None
-    if settings.workers > 1 and not os.environ.get(MULTIPROC_ENV):
-        # several processes: prometheus-client's multiprocess mode, one fresh folder per run
-        metrics_dir = tempfile.mkdtemp(prefix="osr-serve-metrics-")
-        os.environ[MULTIPROC_ENV] = metrics_dir
+    if settings.workers == 1:
+        from osr.serve.app import create_app
+
+        # the predictor the preflight loaded is the one served: what was checked is what runs
+        target: Any = create_app(settings, predictor_factory=lambda: predictor)
+        extra: dict[str, Any] = {}
+    else:
+        predictor.close()  # each worker process loads its own
+        target, extra = APP_FACTORY, {"factory": True, "workers": settings.workers}
+        if not os.environ.get(MULTIPROC_ENV):
+            # several processes: prometheus-client's multiprocess mode, one fresh folder per run
+            metrics_dir = tempfile.mkdtemp(prefix="osr-serve-metrics-")
+            os.environ[MULTIPROC_ENV] = metrics_dir
     print(f"osr-serve: serving {description} on http://{settings.host}:{settings.port}", file=sys.stderr)
+    # uvicorn finishes a graceful shutdown and then re-raises SIGTERM to the handler it found:
+    # make that an exit with status 0, the status of a clean stop
+    previous = signal.signal(signal.SIGTERM, _exit_cleanly)
     try:
-        uvicorn.run(
-            APP_FACTORY, factory=True, host=settings.host, port=settings.port, workers=settings.workers,
-            log_level=settings.log_level, timeout_graceful_shutdown=settings.graceful_shutdown_s,
-        )
+        uvicorn.run(target, **uvicorn_options(settings), **extra)
     finally:
+        signal.signal(signal.SIGTERM, previous)
         if metrics_dir is not None:
             shutil.rmtree(metrics_dir, ignore_errors=True)
+
+
+def _exit_cleanly(signum: int, frame: object) -> None:
+    raise SystemExit(0)
 
 
 def _describe(error: dict) -> str:

@@ -213,15 +213,18 @@ def test_preprocessing_equals_the_training_evaluation_transform(predictor: Predi
     Image.fromarray(rng.integers(0, 256, (40, 40, 4), dtype=np.uint8), "RGBA").save(folder / "7_alpha.png")
     Image.fromarray((rng.integers(0, 65536, (36, 36))).astype(np.uint16)).save(folder / "8_16bit.png")
     Image.fromarray(rng.integers(0, 256, (20, 44), dtype=np.uint8)).convert("P").save(folder / "9_palette.gif")
-    for c in ("a", "b"):  # the loader wants a training set of two classes
+    for c in ("a", "b"):  # the loader wants a training set of two classes, each with a test image
         (tmp_path / "train" / c).mkdir(parents=True)
         for i in range(2):
             Image.new("RGB", (32, 32), (i, 0, 0)).save(tmp_path / "train" / c / f"{i}.png")
+    (tmp_path / "test" / "b").mkdir()
+    Image.new("RGB", (32, 32), (9, 9, 9)).save(tmp_path / "test" / "b" / "0.png")
 
     data = load_open_set("imagefolder", 0, tmp_path, image_size=predictor.image_size, calib_fraction=0.0)
     paths = sorted(folder.iterdir())
-    assert len(data.test_known_x) == len(paths) == 10
-    for path, trained in zip(paths, data.test_known_x):
+    of_a = data.test_known_x[np.asarray(data.test_known_y) == 0]
+    assert len(of_a) == len(paths) == 10
+    for path, trained in zip(paths, of_a):
         served = predictor.preprocess(decode_to_pil(path.read_bytes()))
         np.testing.assert_array_equal(served, trained, err_msg=path.name)
 

@@ -111,8 +111,8 @@ def test_real_process_serves_then_stops_on_sigterm(tiny_model_repository: Path) 
             time.sleep(0.1)
         assert httpx.get(f"http://127.0.0.1:{port}/v2/models/tiny").json()["name"] == "tiny"
         process.send_signal(signal.SIGTERM)
-        # uvicorn shuts down gracefully, then re-raises the signal so the exit status reports it
-        assert process.wait(timeout=20) in (0, -signal.SIGTERM)
+        # uvicorn shuts down gracefully; osr-serve turns the signal it re-raises into a clean exit
+        assert process.wait(timeout=20) == 0
         log = process.stdout.read()
         assert "Application shutdown complete." in log and "Finished server process" in log, log
     finally:
