@@ -182,7 +182,11 @@ class TritonBackend:
         result = self._client().infer(
             self.model_name, inputs=[request_input], outputs=requested, model_version=self.model_version
         )
-        return {name: result.as_numpy(name) for name in OUTPUT_NAMES}
+        outputs = {name: result.as_numpy(name) for name in OUTPUT_NAMES}
+        # Triton presents the per-image outputs (score, label, p_value) with their config dims [1]
+        # (the config reshapes [] to [1]): [N, 1] on the wire; the contract is [N].
+        return {name: value.reshape(len(batch)) if name != "logits" and value.size == len(batch) else value
+                for name, value in outputs.items()}
 
     def close(self) -> None:
         with self._clients_lock:
