@@ -153,6 +153,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             # several processes: prometheus-client's multiprocess mode, one fresh folder per run
             metrics_dir = tempfile.mkdtemp(prefix="osr-serve-metrics-")
             os.environ[MULTIPROC_ENV] = metrics_dir
+    _check_port(settings.host, settings.port)
     print(f"osr-serve: serving {description} on http://{settings.host}:{settings.port}", file=sys.stderr)
     # uvicorn finishes a graceful shutdown and then re-raises SIGTERM to the handler it found:
     # make that an exit with status 0, the status of a clean stop
@@ -163,6 +164,20 @@ def main(argv: Sequence[str] | None = None) -> None:
         signal.signal(signal.SIGTERM, previous)
         if metrics_dir is not None:
             shutil.rmtree(metrics_dir, ignore_errors=True)
+
+
+def _check_port(host: str, port: int) -> None:
+    """Fail with one line before saying "serving" when the address cannot be bound (a busy port)."""
+    import socket
+
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+        family, kind, proto, _, address = infos[0]
+        with socket.socket(family, kind, proto) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds
+            probe.bind(address)
+    except OSError as exc:
+        _fail(f"cannot listen on {host}:{port}: {exc.strerror or exc}; stop what holds the port or pick another --port")
 
 
 def _exit_cleanly(signum: int, frame: object) -> None:
