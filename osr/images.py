@@ -141,6 +141,8 @@ def decode_to_pil(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Im
         image.load()
         upright = _UPRIGHT.get(image.getexif().get(ExifTags.Base.Orientation, 1))
         rgb = _to_rgb(image)
+        if rgb is not image:
+            image.close()  # frees the decoded pixels before a transpose allocates its copy
         # conversion is per pixel, so converting before the transpose gives the same pixels
         return rgb if upright is None else rgb.transpose(upright)
     except DecodeError:
