@@ -1,6 +1,7 @@
 """The HTTP, auth and model-loading findings of issue 10, replayed against a real osr-serve process:
-what each attack gets back, how long it takes, and what it costs the server (peak resident
-memory, file descriptors). Run it on this checkout, and on an older one with --pythonpath to
+what each attack gets back, how long it takes, and what it costs the server (growth of its peak
+resident memory during the attack, measured from /proc/PID/status VmHWM after resetting it
+through /proc/PID/clear_refs; file descriptors). Run it on this checkout, and on an older one with --pythonpath to
 see the same attacks before the fixes (docs/security.md has both tables).
 
     python bench/hardening_attacks.py                                   # this checkout
@@ -144,6 +145,7 @@ def request_attacks(args: argparse.Namespace) -> list[dict]:
         pid = process.pid
 
         def attack(name: str, run: callable) -> None:
+            Path(f"/proc/{pid}/clear_refs").write_text("5")  # the peak (VmHWM) restarts from the current RSS
             before = vm(pid, "VmHWM")
             start = time.monotonic()
             outcome = status_of(run)
@@ -154,6 +156,10 @@ def request_attacks(args: argparse.Namespace) -> list[dict]:
         bomb = gzip_bomb(19)
         attack(f"gzip bomb: {len(bomb) / 1024:.0f} KiB inflating to 19 MiB of JSON",
                lambda: post(port, infer, bomb, {"Content-Encoding": "gzip"}))
+        biggest = (b'{"inputs":[{"name":"images","shape":[1,%d,%d,3],"datatype":"UINT8","data":[' % (size, size)
+                   + b"0," * ((4 << 20) // 2 - 64) + b"0]}]}")
+        attack(f"JSON data just under the 4 MiB JSON limit ({len(biggest) / 2**20:.2f} MiB of zeros)",
+               lambda: post(port, infer, biggest))
         attack("OIP shape [18014398509481985, S, S, 3] with S*S*3 values", lambda: post(port, infer, shape_json(
             18014398509481985)))
         attack("OIP shape [2**70, S, S, 3]", lambda: post(port, infer, shape_json(2**70)))

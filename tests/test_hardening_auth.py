@@ -18,7 +18,7 @@ from osr.serve.settings import Settings
 
 KEY = "clé-ключ"  # not latin-1 encodable as a whole; "é" is, with other bytes than in UTF-8
 PROBES = ("/healthz", "/readyz", "/v2/health/live", "/v2/health/ready")
-DOCS_AND_METRICS = ("/metrics", "/docs", "/redoc", "/openapi.json", "/docs/oauth2-redirect")
+DOCS_AND_METRICS = ("/metrics", "/docs", "/redoc", "/openapi.json", "/docs/oauth2-redirect", "/", "/static/demo.css")
 MODEL_ROUTES = ("/v2", "/v2/models/tiny", "/v2/models/tiny/versions/1", "/v2/models/tiny/ready",
                 "/v2/models/tiny/config")
 

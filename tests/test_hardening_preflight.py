@@ -225,3 +225,24 @@ def test_bundled_models_pass_preflight(model: str) -> None:
 def test_tiny_fixture_passes_preflight(tiny_model_repository: Path) -> None:
     with Predictor.from_repository(tiny_model_repository, threads=1) as predictor:
         assert (predictor.name, predictor.version, len(predictor.classes)) == ("tiny", 1, 3)
+
+
+def test_test_batch_outputs_are_checked_against_the_contract() -> None:
+    import numpy as np
+
+    from osr.serve import preflight
+
+    good = {"logits": np.zeros((2, 3), np.float32), "score": np.zeros(2, np.float32),
+            "label": np.array([-1, 2]), "p_value": np.ones(2, np.float32)}
+    preflight.check_outputs(good, 2, 3, "tiny version 1")
+    for change, message in [
+        ({"logits": np.zeros((2, 4), np.float32)}, "'logits' of shape [2, 4], the contract is [2, 3]"),
+        ({"label": np.zeros(2, np.float32)}, "'label' as float32, the contract is int64"),
+        ({"label": np.array([0, 3])}, "labels outside -1..2"),
+    ]:
+        with pytest.raises(ManifestError) as info:
+            preflight.check_outputs({**good, **change}, 2, 3, "tiny version 1")
+        assert str(info.value) == (f"tiny version 1: a test batch {'of 2 ' if 'shape' in message else ''}gave "
+                                   f"{message}; {RE_EXPORT}")
+    with pytest.raises(ManifestError, match="gave no output 'p_value'"):
+        preflight.check_outputs({k: v for k, v in good.items() if k != "p_value"}, 2, 3, "tiny version 1")
