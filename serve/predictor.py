@@ -265,8 +265,8 @@ class Predictor:
         version_dir = resolve_version_dir(repository, model, version)
         preflight.check_model_file_name(version_dir)  # before the file is hashed
         manifest = load_manifest(version_dir)
-        _check_manifest_contract(manifest)
         preflight.check_manifest(manifest, version_dir)
+        _check_manifest_contract(manifest)
         model_path = version_dir / manifest["model_file"]
         if not triton_url or model_path.suffix == ".onnx":  # a TensorRT plan is Triton's to check
             preflight.check_graph(model_path, manifest)

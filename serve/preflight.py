@@ -85,6 +85,14 @@ def check_manifest(manifest: dict, version_dir: Path) -> None:
     if name != folder_name:
         fail(f"the manifest names the model {name!r} but its folder is {folder_name!r}; clients find a model by "
              f"its folder, so rename the folder to {name!r} or set name to {folder_name!r}")
+    if not isinstance(manifest["resize"], dict):
+        fail(f"resize must be an object with a 'rule', got {manifest['resize']!r}; {RE_EXPORT}")
+    for kind in ("inputs", "outputs"):
+        entries = manifest[kind]
+        if not isinstance(entries, list) or not all(
+                isinstance(e, dict) and isinstance(e.get("name"), str) and isinstance(e.get("dtype"), str)
+                and isinstance(e.get("shape"), list) and all(_is_int(d) for d in e["shape"]) for e in entries):
+            fail(f"{kind} must be a list of tensors, each with a name, a dtype and a shape of integers; {RE_EXPORT}")
     classes = manifest["classes"]
     if not isinstance(classes, list) or not classes or not all(isinstance(c, str) and c for c in classes):
         fail(f"classes must be a non-empty list of names; {RE_EXPORT}")

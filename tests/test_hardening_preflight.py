@@ -145,6 +145,13 @@ BROKEN: dict[str, tuple[Callable[[Path], None], str]] = {
     "graph_without_an_output": (
         graph_without_p_value,
         "{v}/model.onnx: the graph has no output 'p_value' (it has logits, score, label); " + RE_EXPORT),
+    "resize_not_an_object": (
+        lambda r: edit_manifest(r, resize="bilinear"),
+        "{v}/manifest.json: resize must be an object with a 'rule', got 'bilinear'; " + RE_EXPORT),
+    "outputs_not_tensors": (
+        lambda r: edit_manifest(r, outputs=["logits", "score"]),
+        "{v}/manifest.json: outputs must be a list of tensors, each with a name, a dtype and a shape of integers; "
+        + RE_EXPORT),
     "no_classes": (
         lambda r: edit_manifest(r, classes=[]),
         "{v}/manifest.json: classes must be a non-empty list of names; " + RE_EXPORT),
