@@ -345,15 +345,16 @@ class Predictor:
         return rows  # type: ignore[return-value]
 
     def check_test_batch(self) -> None:
-        """Preflight's last step: two black images through the backend give outputs of the contract's
-        shapes (also the backend's lazy initialisation). Raises PredictorError / ManifestError."""
-        batch = np.zeros((2, self.image_size, self.image_size, 3), dtype=np.uint8)
+        """Preflight's last step: two black images (one if the backend takes no more) through the
+        backend give outputs of the contract's shapes. Raises PredictorError / ManifestError."""
+        count = min(2, self.max_batch_size)
+        batch = np.zeros((count, self.image_size, self.image_size, 3), dtype=np.uint8)
         try:
             outputs = self.backend.infer(batch)
         except Exception as exc:  # onnxruntime and tritonclient raise their own types
-            raise PredictorError(f"{self.name} version {self.version} fails on a test batch of 2 images: "
+            raise PredictorError(f"{self.name} version {self.version} fails on a test batch of {count} images: "
                                  f"{preflight.one_line(exc)}") from exc
-        preflight.check_outputs(outputs, 2, len(self.classes), f"{self.name} version {self.version}")
+        preflight.check_outputs(outputs, count, len(self.classes), f"{self.name} version {self.version}")
 
     def warmup(self) -> None:
         """One inference on a black batch so the first request does not pay for lazy initialisation."""
