@@ -190,10 +190,15 @@ def main() -> None:
                              "peak and the shortest time (default 3)")
     parser.add_argument("--cases", nargs="*", choices=sorted(CASES), default=None)
     parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument("--table", type=Path, default=None, metavar="JSON",
+                        help="print a results file as the markdown table of docs/security.md, and exit")
     parser.add_argument("--child", nargs=2, type=Path, metavar=("MODULE", "IMAGE"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         print(json.dumps(child(*args.child, args.image_size, args.budget_mb)))
+        return
+    if args.table:
+        print(markdown_table(json.loads(args.table.read_text())))
         return
 
     with tempfile.TemporaryDirectory(prefix="perf_decode_") as temp:
@@ -248,7 +253,19 @@ def _cell(result: dict) -> str:
         return f"{result['peak_mb']:.0f} MB, {result['seconds']:.2f} s"
     if result.get("outcome") == "refused":
         return f"refused ({result['reason']}), {result['peak_mb']:.0f} MB, {result['seconds']:.3f} s"
-    return result.get("outcome", "?")
+    return result.get("outcome", "?").replace("needs more than the ", "> ").replace(" budget", "")
+
+
+def markdown_table(results: dict) -> str:
+    lines = ["| Image | File | Pixels | Before: peak, time | After: peak, time |", "|---|---:|---:|---|---|"]
+    for row in results["cases"]:
+        lines.append(f"| {row['case']} ({row['format']} {row['mode']}) | {_size(row['file_bytes'])} | "
+                     f"{row['pixels']:,} | {_cell(row['before'])} | {_cell(row['after'])} |")
+    return "\n".join(lines)
+
+
+def _size(count: int) -> str:
+    return f"{count / 1e6:.1f} MB" if count >= 1e6 else f"{count / 1e3:.1f} KB" if count >= 1e3 else f"{count} B"
 
 
 def _line(row: dict) -> str:

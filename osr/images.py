@@ -22,8 +22,9 @@ Decisions (documented because they change pixels):
 - Memory and time after decoding are bounded by the output: non-RGB images are converted to RGB a
   band of rows at a time, and ``resize_for_model`` never builds the upscaled long side.
 
-Cost (bench/perf_decode.py, docs/security.md "Image decoding"): peak memory is about
-4-5 bytes per source pixel (the decoded image and its RGB copy) plus a constant, never more.
+Cost (bench/perf_decode.py, docs/security.md "Image decoding"): peak memory of decode + resize
+is at most about 4 MB + 8.2 bytes per source pixel (the decoded image and its RGB copy) + 4 bytes
+x image_size x the shorter side, whatever the shape; the source is at most ``max_pixels``.
 """
 
 from __future__ import annotations
