@@ -83,7 +83,7 @@ Without --resume or --overwrite an existing --out is not touched. Ctrl-C stops w
 second: the rows of finished batches are in --out, whole, and --resume continues from there.
 Only regular files are read: a FIFO, socket, device or folder given as a file becomes an error row.
 
-paths that are not valid UTF-8 (file names are bytes on Linux) are written with each undecodable
+Paths that are not valid UTF-8 (file names are bytes on Linux) are written with each undecodable
 byte as \\xNN in "path" and, losslessly, base64 in the extra field {PATH_BYTES_FIELD} (JSONL: only
 on those rows; CSV: a last column, empty otherwise), so the output is always valid UTF-8. CSV
 values are all quoted, so any path (newlines included) survives a round trip.
@@ -99,8 +99,9 @@ the accepted images' p-values, which are uniform when the images are of the know
 ALARM on either says the batch is not what the threshold was calibrated on (docs/serving.md).
 
 exit status: 0 all files scored; 3 some rows in --out have status=error; 2 usage error (bad
-arguments, missing input, output exists, model repository that cannot be loaded); 1 the backend
-failed (what was written so far is kept; rerun with --resume); 130 interrupted.
+arguments, missing input, output exists or cannot be written or resumed, model repository that
+cannot be loaded); 1 the backend failed (what was written so far is kept; rerun with --resume);
+130 interrupted (Ctrl-C).
 """
 
 
