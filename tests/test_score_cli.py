@@ -509,3 +509,19 @@ def test_next_batch_takes_what_is_queued_up_to_the_batch_size() -> None:
     pending.put(RuntimeError("path stream failed"))
     with pytest.raises(RuntimeError, match="path stream"):
         _next_batch(pending, 5, threading.Event())
+
+
+def test_any_error_while_loading_the_model_is_one_line_and_exit_2(
+    image_folder: Path, tmp_path: Path, capsys, monkeypatch
+) -> None:
+    """Whatever a backend library raises while loading (not only the preflight's errors) is a
+    usage error: one line, exit 2, no --out written."""
+    def broken(*args, **kwargs):
+        raise RuntimeError("[ONNXRuntimeError] : 1 : FAIL : Load model failed\nsecond line of detail")
+
+    monkeypatch.setattr(Predictor, "from_repository", broken)
+    out = tmp_path / "r.jsonl"
+    assert main([str(image_folder), "--out", str(out)]) == 2
+    line = _one_line_error(capsys.readouterr().err)
+    assert "cannot load the model: RuntimeError: [ONNXRuntimeError]" in line and "second line of detail" in line
+    assert not out.exists()
