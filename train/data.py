@@ -20,11 +20,10 @@ from typing import Iterable
 import numpy as np
 from PIL import Image
 
-from osr.images import resize_for_model
+from osr.images import IMAGE_EXTENSIONS, resize_for_model  # noqa: F401  (one list for training and serving)
 
 from .choices import DATASETS, DEFAULT_IMAGE_SIZE
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 
 # Where each pack lives under --data-root, and how to get it.
 _PACKS = {

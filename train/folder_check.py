@@ -123,7 +123,7 @@ def scan_tree(root: Path) -> FolderTree:
     others = _non_images([train_dir, test_dir] + ([unknown_dir] if unknown_dir.is_dir() else []))
     if others:
         log.warning("ignored %d file(s) without an image extension (%s), e.g. %s", len(others),
-                    " ".join(IMAGE_EXTENSIONS), others[0])
+                    " ".join(sorted(IMAGE_EXTENSIONS)), others[0])
     return FolderTree(root, classes, train, test, unknown)
 
 
