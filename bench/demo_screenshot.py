@@ -16,16 +16,15 @@ import argparse
 import contextlib
 import json
 import os
-import socket
 import sys
 import tempfile
-import threading
-import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from urllib.parse import urlsplit
 
 import httpx
+
+from osr.serve.in_thread import serving
 
 ROOT = Path(__file__).resolve().parents[1]
 CHROMIUM = os.environ.get("OSR_CHROMIUM", "/usr/bin/chromium")
@@ -93,34 +92,6 @@ def service_rows(base_url: str, files: Sequence[Path], top_k: int = 3) -> list[d
     return response.json()["results"]
 
 
-@contextlib.contextmanager
-def serving(app, timeout_s: float = 60.0) -> Iterator[str]:
-    import uvicorn
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + timeout_s
-    while True:
-        try:
-            if httpx.get(f"{url}/readyz").status_code == 200:
-                break
-        except httpx.TransportError:
-            pass
-        if time.monotonic() > deadline or not thread.is_alive():
-            raise RuntimeError("osr-serve did not become ready")
-        time.sleep(0.05)
-    try:
-        yield url
-    finally:
-        server.should_exit = True
-        thread.join(15)
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "demo.png")
@@ -132,7 +103,7 @@ def main(argv: list[str] | None = None) -> int:
     from osr.serve.settings import Settings
 
     app = create_app(Settings(model_repository=args.model_repository, model=args.model))
-    with tempfile.TemporaryDirectory() as folder, serving(app) as url, chromium_page() as (page, blocked):
+    with tempfile.TemporaryDirectory() as folder, serving(app) as (url, _), chromium_page() as (page, blocked):
         files = [*SAMPLES, grey_image(Path(folder))]
         rendered = classify_in_page(page, url, files)
         expected = service_rows(url, files)

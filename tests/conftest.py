@@ -68,35 +68,12 @@ def serve_app():
     """Context-manager factory: ``with serve_app(app) as url:`` runs an ASGI app with uvicorn on a
     free 127.0.0.1 port in a thread, waits until /readyz answers 200, yields "http://127.0.0.1:PORT"."""
     import contextlib
-    import socket
-    import threading
-    import time
 
-    import httpx
-    import uvicorn
+    from osr.serve.in_thread import serving
 
     @contextlib.contextmanager
-    def serving(app, timeout_s: float = 30.0):
-        with socket.socket() as sock:
-            sock.bind(("127.0.0.1", 0))
-            port = sock.getsockname()[1]
-        server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-        thread = threading.Thread(target=server.run, daemon=True)
-        thread.start()
-        url = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + timeout_s
-        while True:
-            try:
-                if httpx.get(f"{url}/readyz").status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline and thread.is_alive(), "the server did not become ready"
-            time.sleep(0.05)
-        try:
+    def serve(app, timeout_s: float = 30.0):
+        with serving(app, timeout_s) as (url, _):
             yield url
-        finally:
-            server.should_exit = True
-            thread.join(15)
 
-    return serving
+    return serve

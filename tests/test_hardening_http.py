@@ -25,6 +25,7 @@ import uvicorn
 
 from osr.serve.app import create_app
 from osr.serve.http_protocol import GuardedHttpToolsProtocol
+from osr.serve.in_thread import free_port, serving, wait_until_ready
 from osr.serve.predictor import Predictor
 from osr.serve.server import uvicorn_options
 from osr.serve.settings import Settings
@@ -36,35 +37,11 @@ BODY_TIMEOUT_S = 0.5
 MAX_HEADER_BYTES = 8192
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-@contextlib.contextmanager
 def running(app, settings: Settings, protocol: type | None = None) -> Iterator[tuple[str, uvicorn.Server]]:
     options = {**uvicorn_options(settings), "log_level": "error"}
     options["http"] = protocol or GuardedHttpToolsProtocol.with_limits(settings.header_timeout_s,
                                                                        settings.max_header_bytes)
-    server = uvicorn.Server(uvicorn.Config(app, **options))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    url = f"http://127.0.0.1:{settings.port}"
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            if httpx.get(f"{url}/readyz").status_code == 200:
-                break
-        except httpx.TransportError:
-            pass
-        assert time.monotonic() < deadline and thread.is_alive(), "the server did not become ready"
-        time.sleep(0.05)
-    try:
-        yield url, server
-    finally:
-        server.should_exit = True
-        thread.join(30)
+    return serving(app, 60, **options)
 
 
 @pytest.fixture(scope="module")
@@ -279,16 +256,10 @@ def test_osr_serve_process_applies_the_limits_and_exits_0(tiny_model_repository:
         env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )
     try:
-        deadline = time.monotonic() + 90
-        while True:
-            assert process.poll() is None, process.stdout.read()
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/readyz").status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline, "osr-serve did not become ready"
-            time.sleep(0.1)
+        try:
+            wait_until_ready(f"http://127.0.0.1:{port}", 90, alive=lambda: process.poll() is None)
+        except RuntimeError as exc:
+            raise AssertionError(process.stdout.read()) from exc
         settings_like = Settings(model_repository=tiny_model_repository, port=port)
         with connect(settings_like) as sock:
             sock.sendall(b"GET /healthz HTTP/1.1\r\n")

@@ -8,12 +8,12 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx
 import pytest
 
+from osr.serve.in_thread import wait_until_ready
 from osr.serve.server import load_settings, main
 from osr.serve.settings import Settings
 
@@ -99,16 +99,10 @@ def test_real_process_serves_then_stops_on_sigterm(tiny_model_repository: Path) 
         env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            assert process.poll() is None, process.stdout.read()
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/readyz").status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline, "osr-serve did not become ready"
-            time.sleep(0.1)
+        try:
+            wait_until_ready(f"http://127.0.0.1:{port}", 60, alive=lambda: process.poll() is None)
+        except RuntimeError as exc:
+            raise AssertionError(process.stdout.read()) from exc
         assert httpx.get(f"http://127.0.0.1:{port}/v2/models/tiny").json()["name"] == "tiny"
         process.send_signal(signal.SIGTERM)
         # uvicorn shuts down gracefully; osr-serve turns the signal it re-raises into a clean exit

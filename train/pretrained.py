@@ -125,9 +125,9 @@ def _align_by_order(model: nn.Module, state: dict[str, torch.Tensor]) -> dict[st
         return state
     if len(state) != len(own):
         raise PretrainedError(f"the weights hold {len(state)} tensors, the model {len(own)}: not the same network")
-    renamed = {}
+    renamed, head = {}, _head_name(model)
     for (theirs, tensor), (mine, target) in zip(state.items(), own.items()):
-        if tensor.shape != target.shape and not _new_head_tensor(mine, model):
+        if tensor.shape != target.shape and mine.rsplit(".", 1)[0] != head:
             raise PretrainedError(f"tensor {theirs} {tuple(tensor.shape)} does not fit {mine} {tuple(target.shape)}")
         renamed[mine] = tensor
     return renamed
@@ -139,31 +139,21 @@ def _load_all_but_head(model: nn.Module, state: dict[str, torch.Tensor], source:
     missing = [k for k in own if k not in fitting]
     params = dict(model.named_parameters())
     # Only the head may be left out: its parameters are the only ones with no pretrained value.
-    not_head = [k for k in missing if not _new_head_tensor(k, model)]
+    head = _head_name(model)
+    not_head = [k for k in missing if k.rsplit(".", 1)[0] != head]
     if not_head:
         raise PretrainedError(f"--pretrained {source}: {len(not_head)} tensors did not load, e.g. {not_head[:3]}")
     model.load_state_dict(fitting, strict=False)
-    if missing:  # the head did not load (another number of classes): a fresh, moderate init
-        _reset_head(model)
+    if missing:
+        # The head did not load (another number of classes): PyTorch's default Linear init
+        # (uniform +-1/sqrt(fan_in)) gives logits of moderate size. timm's init for a 6-class head
+        # is far larger (a first loss of 6 instead of 1.8), and a zero head gives constant logits,
+        # where DIST's correlation has an unbounded gradient (KD/AD diverge).
+        model.get_submodule(head).reset_parameters()
     return {k for k in fitting if k in params}
 
 
-def _reset_head(model: nn.Module) -> None:
-    """PyTorch's default Linear init for the new head (uniform +-1/sqrt(fan_in)): logits of moderate
-    size. timm's init for a 6-class head is far larger (a first loss of 6 instead of 1.8), and a zero
-    head gives constant logits, where DIST's correlation has an unbounded gradient (KD/AD diverge)."""
-    last = None
-    for module in model.modules():
-        if isinstance(module, nn.Linear):
-            last = module
-    if last is not None:
-        last.reset_parameters()
-
-
-def _new_head_tensor(name: str, model: nn.Module) -> bool:
-    """Is ``name`` a tensor of the final Linear layer (the new classifier head)?"""
-    last_linear = None
-    for prefix, mod in model.named_modules():
-        if isinstance(mod, nn.Linear):
-            last_linear = prefix
-    return last_linear is not None and name.rsplit(".", 1)[0] == last_linear
+def _head_name(model: nn.Module) -> str | None:
+    """The name of the final Linear layer (the classifier head), or None."""
+    return next((name for name, module in reversed(list(model.named_modules())) if isinstance(module, nn.Linear)),
+                None)

@@ -118,7 +118,8 @@ def evaluate(model: nn.Module, norm: Normalize, data: OpenSetData, device: torch
     return m
 
 
-def load_teacher(path: str, data: OpenSetData, cfg: TrainConfig, device: torch.device) -> tuple[nn.Module, dict]:
+def load_teacher(path: str, data: OpenSetData, cfg: TrainConfig, device: torch.device,
+                 stats: tuple[list[float], list[float]]) -> tuple[nn.Module, dict]:
     """Load the teacher and refuse one trained on other classes, another split or hold-out."""
     t = load_checkpoint(path)
     tc = t["config"]
@@ -132,7 +133,7 @@ def load_teacher(path: str, data: OpenSetData, cfg: TrainConfig, device: torch.d
                         "the teacher trained on images this run keeps for calibration")
     if problems:
         raise CheckpointError(f"teacher {path} does not match this run: " + "; ".join(problems))
-    model = teacher_view(model_from_checkpoint(t), t, data).to(device)
+    model = teacher_view(model_from_checkpoint(t), t, *stats, data.image_size).to(device)
     for p in model.parameters():
         p.requires_grad_(False)
     info = {"run_id": t.get("run_id"), "arch": t["model_args"]["arch"], "width": t["model_args"]["width"],
@@ -141,12 +142,11 @@ def load_teacher(path: str, data: OpenSetData, cfg: TrainConfig, device: torch.d
     return model, info
 
 
-def teacher_view(model: nn.Module, ckpt: dict, data: OpenSetData) -> nn.Module:
-    """The teacher behind an adapter from this run's batches (its size and statistics) to the ones the
+def teacher_view(model: nn.Module, ckpt: dict, mean: list[float], std: list[float], image_size: int) -> nn.Module:
+    """The teacher behind an adapter from this run's batches (their size and statistics) to the ones the
     teacher was trained on; the teacher's own input adapter, if any, then applies as in its training."""
-    mean, std = data.normalize_stats()
     t_mean, t_std = ckpt["normalize"]["mean"], ckpt["normalize"]["std"]
-    if ckpt["image_size"] == data.image_size and (list(t_mean), list(t_std)) == (list(mean), list(std)):
+    if ckpt["image_size"] == image_size and (list(t_mean), list(t_std)) == (list(mean), list(std)):
         return model
     return nn.Sequential(InputAdapter(mean, std, t_mean, t_std, size=ckpt["image_size"]), model.eval())
 
@@ -187,7 +187,8 @@ class Trainer:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.teacher, self.teacher_info = None, None
         if cfg.method in ("kd", "ad"):
-            self.teacher, self.teacher_info = load_teacher(cfg.teacher, self.data, cfg, self.device)
+            self.teacher, self.teacher_info = load_teacher(cfg.teacher, self.data, cfg, self.device,
+                                                              (self.mean, self.std))
             if self.device.type == "cuda" and cfg.channels_last:
                 self.teacher = self.teacher.to(memory_format=torch.channels_last)
         self.net = nn.parallel.DistributedDataParallel(self.model) if self.world > 1 else self.model
