@@ -11,6 +11,7 @@
 # THREADS (2), TEACHER_EPOCHS (2), STUDENT_EPOCHS (2), TEACHER_SIZE (96), STUDENT_SIZE (64),
 # MAX_PER_CLASS (3000 of the 4,500 training images per class; 0 = all), METHODS ("kd ad ce": the
 # students per seed, in this order).
+# TEACHER_EPOCHS/MAX_PER_CLASS other than 2/3000 name the teacher teacher-lite0-<size>px-e<E>-n<N>.
 # Order: the teacher, then per seed KD, AD and CE students (the best candidate for serving first).
 # Test metrics are computed once, after the last epoch (--eval-every 1000).
 # Runs: runs/pretrained/cifar10-s0/<run>/; metrics.json + log.jsonl copied to
@@ -53,6 +54,11 @@ wait_slot() { while [ "$(jobs -rp | wc -l)" -ge "$SLOTS" ]; do sleep 5; done; }
 
 mkdir -p "$RUNS"
 TEACHER=teacher-lite0-${TEACHER_SIZE}px
+# a teacher of another schedule or subset gets its own folder (the 2-epoch, 3,000-image one keeps its name)
+TTAG=t$TEACHER_SIZE
+if [ "$TEACHER_EPOCHS:$MAX_PER_CLASS" != 2:3000 ]; then
+  TEACHER=$TEACHER-e$TEACHER_EPOCHS-n$MAX_PER_CLASS; TTAG=$TTAG-e$TEACHER_EPOCHS-n$MAX_PER_CLASS
+fi
 train "$TEACHER" --input-size "$TEACHER_SIZE" --epochs "$TEACHER_EPOCHS"
 for seed in $SEEDS; do
   for method in $METHODS; do
@@ -60,7 +66,7 @@ for seed in $SEEDS; do
     if [ "$method" = ce ]; then
       train "ce-lite0-${STUDENT_SIZE}px-seed$seed" --input-size "$STUDENT_SIZE" --epochs "$STUDENT_EPOCHS" --seed "$seed" &
     else
-      train "$method-cutmix-lite0-${STUDENT_SIZE}px-t${TEACHER_SIZE}-seed$seed" --input-size "$STUDENT_SIZE" \
+      train "$method-cutmix-lite0-${STUDENT_SIZE}px-$TTAG-seed$seed" --input-size "$STUDENT_SIZE" \
         --epochs "$STUDENT_EPOCHS" --seed "$seed" --method "$method" --mix cutmix --teacher "$RUNS/$TEACHER" &
     fi
   done
