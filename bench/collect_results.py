@@ -33,6 +33,10 @@ def method_label(cfg: dict) -> str:
         backbone += " ImageNet"
     if cfg.get("input_size"):
         backbone += f" @{cfg['input_size']}px"
+    if cfg.get("pretrained"):  # schedules differ between pretrained runs of one backbone
+        backbone += f", {cfg['epochs']} ep, {cfg.get('max_train_per_class') or 'all'} img/class"
+    if cfg.get("pretrained") and cfg.get("teacher"):  # pretrained students of several teachers share a group
+        label += f" from {Path(cfg['teacher']).name}"
     return f"{label} [{backbone}]"
 
 

@@ -48,8 +48,23 @@ def test_pretrained_runs_get_their_own_section(tmp_path: Path) -> None:
     write_run(tmp_path, "pre", "ad-seed0", method="ad", mix="cutmix", seed=0, acc=0.96, auroc=0.91,
               arch="efficientnet_lite0", width=1.0, pretrained="imagenet", input_size=64, ad_learnable_target="lam")
     groups = collect_results.collect(tmp_path)
-    assert "AD+CutMix (learnable target: lam) [efficientnet_lite0 w1 ImageNet @64px]" in groups["pre"]
+    assert "AD+CutMix (learnable target: lam) [efficientnet_lite0 w1 ImageNet @64px, 3 ep, all img/class]" in groups["pre"]
     table = collect_results.markdown(groups)
     head, tail = table.split("## ImageNet-pretrained runs")
     assert "### scratch" in head and "### pre" not in head
     assert "### pre" in tail and "### scratch" not in tail
+
+
+def test_pretrained_students_of_other_teachers_or_schedules_are_not_averaged_together(tmp_path: Path) -> None:
+    pre = dict(arch="efficientnet_lite0", width=1.0, pretrained="imagenet", input_size=64)
+    write_run(tmp_path, "pre", "kd-t96", method="kd", mix="cutmix", seed=0, acc=0.8, auroc=0.7, teacher="runs/t96", **pre)
+    write_run(tmp_path, "pre", "kd-t128", method="kd", mix="cutmix", seed=0, acc=0.9, auroc=0.8, teacher="runs/t128", **pre)
+    write_run(tmp_path, "pre", "ce-short", method="ce", mix="none", seed=0, acc=0.8, auroc=0.7, max_train_per_class=3000, **pre)
+    write_run(tmp_path, "pre", "ce-long", method="ce", mix="none", seed=0, acc=0.9, auroc=0.8, epochs=4, epoch=4, **pre)
+    labels = set(collect_results.collect(tmp_path)["pre"])
+    assert labels == {
+        "KD+CutMix from t96 [efficientnet_lite0 w1 ImageNet @64px, 3 ep, all img/class]",
+        "KD+CutMix from t128 [efficientnet_lite0 w1 ImageNet @64px, 3 ep, all img/class]",
+        "CE [efficientnet_lite0 w1 ImageNet @64px, 3 ep, 3000 img/class]",
+        "CE [efficientnet_lite0 w1 ImageNet @64px, 4 ep, all img/class]",
+    }
