@@ -5,7 +5,9 @@ Stdlib only: osr.serve imports this module and must not pull in torch or numpy.
 Repository layout: <repository>/<name>/<version>/{model file, manifest.json}, versions are
 positive integers and "newest" is the largest. Variant models (e.g. "<name>-int8",
 "<name>-trt") carry "variant_of": "<name>" in their manifest, so a repository holding one model
-plus its variants still resolves to that model when no name is given.
+plus its variants still resolves to that model when no name is given. A repository holding several
+models names its default in a one-line text file DEFAULT_MODEL at its root (Triton ignores files
+there: it loads only model folders).
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from typing import Any
 
 SCHEMA_VERSION = 1
 MANIFEST_FILE = "manifest.json"
+DEFAULT_MODEL_FILE = "DEFAULT_MODEL"
 RESIZE_RULE = {"rule": "shorter_side_center_crop", "interpolation": "bilinear"}
 INPUT_NAME = "images"
 OUTPUT_NAMES = ("logits", "score", "label", "p_value")
@@ -150,11 +153,29 @@ def _is_variant(model_dir: Path) -> bool:
     return isinstance(data, dict) and bool(data.get("variant_of"))
 
 
+def _default_model(repository: Path, names: list[str]) -> str:
+    """The name in <repository>/DEFAULT_MODEL; without that file, an error that lists the models."""
+    marker = repository / DEFAULT_MODEL_FILE
+    try:
+        name = marker.read_text(encoding="utf-8").strip()
+    except FileNotFoundError:
+        raise ManifestError(
+            f"model repository {repository} holds several models ({', '.join(names)}); name one "
+            f"(or write the default's name into {marker})"
+        ) from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise ManifestError(f"{marker} cannot be read: {e}") from None
+    if name not in names:
+        raise ManifestError(f"{marker} names {name!r}, which is not a model there; models: {', '.join(names)}")
+    return name
+
+
 def resolve_version_dir(repository: Path, name: str | None, version: int | None) -> Path:
     """The folder of one model version.
 
     name None: the only model in the repository (variants such as "<name>-int8" do not count
-    when exactly one non-variant model is present); otherwise an error listing the names.
+    when exactly one non-variant model is present), else the one named in DEFAULT_MODEL;
+    otherwise an error listing the names.
     version None: the newest (largest integer) version.
     """
     repository = Path(repository)
@@ -168,9 +189,7 @@ def resolve_version_dir(repository: Path, name: str | None, version: int | None)
         elif len(primary) == 1:
             name = primary[0]
         else:
-            raise ManifestError(
-                f"model repository {repository} holds several models ({', '.join(names)}); name one"
-            )
+            name = _default_model(repository, names)
     elif name not in names:
         raise ManifestError(
             f"no model {name!r} in {repository}; models there: {', '.join(names)}"

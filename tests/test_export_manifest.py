@@ -114,6 +114,12 @@ def test_resolve_name_rules(tmp_path: Path) -> None:
         resolve_version_dir(tmp_path, None, None)
     with pytest.raises(ManifestError, match="no model 'nope'.*other, tiny"):
         resolve_version_dir(tmp_path, "nope", None)
+    (tmp_path / "DEFAULT_MODEL").write_text("other\n")
+    assert resolve_version_dir(tmp_path, None, None) == tmp_path / "other" / "1"
+    assert resolve_version_dir(tmp_path, "tiny", None) == tmp_path / "tiny" / "1"  # a name still wins
+    (tmp_path / "DEFAULT_MODEL").write_text("gone")
+    with pytest.raises(ManifestError, match="DEFAULT_MODEL names 'gone', which is not a model there"):
+        resolve_version_dir(tmp_path, None, None)
     with pytest.raises(ManifestError, match="does not exist"):
         resolve_version_dir(tmp_path / "absent", None, None)
 
