@@ -32,6 +32,7 @@ import tritonclient.grpc as grpcclient  # noqa: E402
 import tritonclient.http as httpclient  # noqa: E402
 from tritonclient.utils import InferenceServerException  # noqa: E402
 
+from osr.export.manifest import DEFAULT_MODEL_FILE  # noqa: E402
 from osr.export.triton_config import render_config  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -106,7 +107,7 @@ def triton_server(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempP
 
     Repositories: the exported tiny_model_repository as it is, plus a second repository with a
     copy of the model, `tiny_batching`, whose CPU config waits up to 5 s for a batch of
-    BATCHING_SIZE, so dynamic batching can be observed deterministically.
+    BATCHING_SIZE, so dynamic batching can be observed deterministically, and a DEFAULT_MODEL file.
     """
     reason = tritonserver_missing()
     if reason:
@@ -125,6 +126,7 @@ def triton_server(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempP
             preferred_batch_sizes=[BATCHING_SIZE], max_queue_delay_us=5_000_000,
         )
     )
+    (extra / DEFAULT_MODEL_FILE).write_text(BATCHING_MODEL)  # Triton must ignore osr's marker file
     ports = [_free_port() for _ in range(3)]
     server = TritonServer(
         http_url=f"127.0.0.1:{ports[0]}",
