@@ -1,6 +1,6 @@
 """Drive the demo page (GET /) in a real headless browser and save a screenshot.
 
-    .venv/bin/python bench/demo_screenshot.py [--out docs/demo.png] [--model cifar10-ad]
+    .venv/bin/python bench/demo_screenshot.py [--out docs/demo.png] [--model cifar10-lite0]
 
 Starts osr-serve in-process on a free 127.0.0.1 port with the bundled model, opens the page in
 Debian's chromium (Playwright's Python package drives it; no browser download: apt-get install
@@ -96,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "demo.png")
     parser.add_argument("--model-repository", type=Path, default=ROOT / "model_repository")
-    parser.add_argument("--model", default="cifar10-ad")
+    parser.add_argument("--model", default="cifar10-lite0")
     args = parser.parse_args(argv)
 
     from osr.serve.app import create_app

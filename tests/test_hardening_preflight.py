@@ -220,7 +220,7 @@ def test_real_process_exits_2_without_a_traceback(repository_copy: Path) -> None
     assert "Traceback" not in result.stdout + result.stderr
 
 
-@pytest.mark.parametrize("model", ["cifar10-ad", "cifar10-ad-int8"])
+@pytest.mark.parametrize("model", ["cifar10-lite0", "cifar10-ad", "cifar10-ad-int8"])
 def test_bundled_models_pass_preflight(model: str) -> None:
     repository = ROOT / "model_repository"
     if not (repository / model).is_dir():

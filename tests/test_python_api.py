@@ -145,4 +145,5 @@ def test_the_readme_example_runs() -> None:
     proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120,
                           env={**os.environ, "OSR_MODEL_REPOSITORY": ""})
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "airplane.jpg" in proc.stdout and "cifar10-ad" in proc.stdout
+    default = (ROOT / "model_repository" / "DEFAULT_MODEL").read_text().strip()
+    assert "airplane.jpg" in proc.stdout and f"Model({default!r}" in proc.stdout
