@@ -5,7 +5,7 @@ scores computed on the penultimate features (the classifier head's input): Mahal
 the nearest class mean under a shared covariance (Lee et al. 2018), and the cosine distance to the
 k-th nearest training feature (Sun et al. 2022). Statistics come from training images only.
 
-    python bench/feature_scores.py runs/pretrained/cifar10-s0/teacher-lite0-128px [--train-per-class 1000]
+    python bench/feature_scores.py runs/pretrained/cifar10-s0/teacher-lite0-128px [--train-per-class 1000] [--flip]
 """
 
 from __future__ import annotations
@@ -28,13 +28,18 @@ from osr.train.trainer import Normalize
 
 
 @torch.no_grad()
-def features_and_logits(model: nn.Module, norm: Normalize, x: np.ndarray, batch: int = 256):
+def features_and_logits(model: nn.Module, norm: Normalize, x: np.ndarray, batch: int = 256, flip: bool = False):
     head = model.get_submodule(_head_name(model))
     captured = []
     hook = head.register_forward_hook(lambda m, inp, out: captured.append(inp[0].float()))
     logits = []
     for i in range(0, len(x), batch):
-        logits.append(model(norm(torch.from_numpy(x[i:i + batch]).permute(0, 3, 1, 2))).float())
+        xb = norm(torch.from_numpy(x[i:i + batch]).permute(0, 3, 1, 2))
+        logits.append(model(xb).float())
+        if flip:  # the mirror image's logits and features, averaged with the image's
+            f = captured.pop()
+            logits[-1] = (logits[-1] + model(xb.flip(3)).float()) / 2
+            captured[-1] = (captured[-1] + f) / 2
     hook.remove()
     return torch.cat(captured).numpy(), torch.cat(logits).numpy()
 
@@ -60,6 +65,7 @@ def main() -> None:
     ap.add_argument("run")
     ap.add_argument("--train-per-class", type=int, default=1000)
     ap.add_argument("--data-root", default=None)
+    ap.add_argument("--flip", action="store_true", help="test-time flip: average each image with its mirror")
     ap.add_argument("--cache", help="npz file: features are read from it if present, else written to it")
     args = ap.parse_args()
     torch.set_num_threads(max(1, torch.get_num_threads()))
@@ -76,12 +82,12 @@ def main() -> None:
         c = np.load(args.cache)
         tf, kf, kl, uf, ul = (c[k] for k in ("tf", "kf", "kl", "uf", "ul"))
     else:
-        tf, _ = features_and_logits(model, norm, data.train_x[pick])
-        kf, kl = features_and_logits(model, norm, data.test_known_x)
-        uf, ul = features_and_logits(model, norm, data.test_unknown_x)
+        tf, _ = features_and_logits(model, norm, data.train_x[pick], flip=args.flip)
+        kf, kl = features_and_logits(model, norm, data.test_known_x, flip=args.flip)
+        uf, ul = features_and_logits(model, norm, data.test_unknown_x, flip=args.flip)
         if args.cache:
             np.savez(args.cache, tf=tf, kf=kf, kl=kl, uf=uf, ul=ul)
-    out = {"run": args.run, "train_features": len(tf), "feature_dim": tf.shape[1],
+    out = {"run": args.run, "flip": args.flip, "train_features": len(tf), "feature_dim": tf.shape[1],
            "accuracy": float((kl.argmax(1) == data.test_known_y).mean()), "forward_seconds": round(time.time() - t0, 1)}
     for kind in ("max_logit", "msp", "energy"):
         out[f"auroc_{kind}"] = auroc(known_score(kl, kind), known_score(ul, kind))
