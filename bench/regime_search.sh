@@ -12,7 +12,8 @@
 # Runs: runs/regime/<tag>/{ce,ce-cutmix}-seed<seed>/, tag = <arch>-w<width>-n<images>-e<epochs>;
 # metrics.json + log.jsonl copied to $RESULTS/regime/<tag>/<run>-seed<seed>/.
 # Environment: PYTHON (python), OSR_DATA_ROOT (../shared/datasets), RESULTS (bench/results),
-# SEEDS ("0 1 2"), FLAGS (extra osr-train flags, word-split). Test metrics are computed twice per
+# SEEDS ("0 1 2"), FLAGS (extra osr-train flags, word-split; they become part of the tag), ONLY (ce or
+# ce-cutmix: run one method, so the two runs of a seed can train at the same time in two calls). Test metrics are computed twice per
 # run (half-way and at the end: --eval-every EPOCHS/2), on the full test sets (6,000 known,
 # 4,000 unknown images).
 #
@@ -113,11 +114,13 @@ for setting in "${SETTINGS[@]}"; do
   IFS=: read -r arch width per_class epochs <<< "$setting"
   [ -n "$epochs" ] || { echo "bad setting $setting: want ARCH:WIDTH:IMAGES_PER_CLASS:EPOCHS" >&2; exit 2; }
   tag="$arch-w$width-n$per_class-e$epochs"
+  # extra flags name their own folder: e.g. FLAGS="--randaugment false" -> ...-e100-randaugment-false
+  [ -n "${FLAGS:-}" ] && tag="$tag-$(echo "$FLAGS" | sed 's/^-*//; s/ \{1,\}-*/-/g' | tr -c 'A-Za-z0-9.\n-' '_')"
   S=(--arch "$arch" --width "$width" --max-train-per-class "$per_class" --epochs "$epochs"
      --eval-every $(( epochs / 2 > 0 ? epochs / 2 : 1 )))
   for seed in $SEEDS; do
-    run "$tag" ce "$seed" "${S[@]}" --method ce
-    run "$tag" ce-cutmix "$seed" "${S[@]}" --method ce --mix cutmix
+    [ "${ONLY:-ce}" = ce ] && run "$tag" ce "$seed" "${S[@]}" --method ce
+    [ "${ONLY:-ce-cutmix}" = ce-cutmix ] && run "$tag" ce-cutmix "$seed" "${S[@]}" --method ce --mix cutmix
   done
 done
 summary
