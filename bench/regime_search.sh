@@ -44,7 +44,9 @@
 #   resnet18 w0.5                                    24   38   73       45   73  142       73  119  235
 # At the loaded speed every entry is about 2.5x longer (only classifier32 w0.5, 150 x 60 stays
 # under 25 minutes). The loaded speed is noisy: the same 1-epoch run of classifier32 w0.25 took
-# 26.5 ms/img, 10x its idle speed, so time a setting on an idle machine before trusting a row. Nothing of this grid has been run; the timing runs: 1 epoch each of
+# 26.5 ms/img, 10x its idle speed, so time a setting on an idle machine before trusting a row (measured 2026-12-01: resnet18 w0.25 at batch 32, 150/class,
+# took about 3 s per epoch with two runs sharing the cores, a quarter of its projection; results and the regime found:
+# docs/results.md). The timing runs: 1 epoch each of
 #   python -m osr.train.cli --dataset cifar10 --split 0 --data-root ../shared/datasets --arch A --width W \
 #     --max-train-per-class 150 --max-test-per-class 250 --epochs 1 --batch-size 128 --mix cutmix --device cpu
 #
