@@ -68,7 +68,6 @@ def main() -> None:
     ap.add_argument("--flip", action="store_true", help="test-time flip: average each image with its mirror")
     ap.add_argument("--cache", help="npz file: features are read from it if present, else written to it")
     args = ap.parse_args()
-    torch.set_num_threads(max(1, torch.get_num_threads()))
     ckpt = load_checkpoint(args.run)
     model = model_from_checkpoint(ckpt)
     data = open_set_from_config(ckpt["config"], args.data_root)

@@ -3,6 +3,10 @@ random-weights classifier32 (width 0.125, 3 classes, 32 px) for the serve and Tr
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -77,3 +81,46 @@ def serve_app():
             yield url
 
     return serve
+
+
+@pytest.fixture
+def never_serve(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A setup that should have been refused must fail the test, not start serving."""
+    import uvicorn
+
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise AssertionError("osr-serve started serving")
+
+    monkeypatch.setattr(uvicorn, "run", refuse)
+    monkeypatch.setattr(uvicorn.Server, "run", refuse)
+
+
+@pytest.fixture
+def osr_serve_process(tiny_model_repository: Path) -> Iterator[Callable[..., tuple[subprocess.Popen, int]]]:
+    """start(*flags, timeout_s=90) -> (process, port): a real `python -m osr.serve.server` on the tiny
+    repository and a free 127.0.0.1 port, without OSR_* settings from the environment, ready when
+    returned (its output is the assertion message if it dies first); killed at teardown if still up."""
+    from osr.serve.in_thread import free_port, wait_until_ready
+
+    started: list[subprocess.Popen] = []
+
+    def start(*flags: str, timeout_s: float = 90) -> tuple[subprocess.Popen, int]:
+        port = free_port()
+        env = {k: v for k, v in os.environ.items() if not k.startswith("OSR_")}
+        process = subprocess.Popen(
+            [sys.executable, "-m", "osr.serve.server", "--model-repository", str(tiny_model_repository),
+             "--port", str(port), *flags],
+            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        )
+        started.append(process)
+        try:
+            wait_until_ready(f"http://127.0.0.1:{port}", timeout_s, alive=lambda: process.poll() is None)
+        except RuntimeError as exc:
+            raise AssertionError(process.stdout.read()) from exc
+        return process, port
+
+    yield start
+    for process in started:
+        if process.poll() is None:
+            process.kill()
+            process.wait()

@@ -23,16 +23,8 @@ MODEL_ROUTES = ("/v2", "/v2/models/tiny", "/v2/models/tiny/versions/1", "/v2/mod
                 "/v2/models/tiny/config")
 
 
-@pytest.fixture(autouse=True)
-def never_serve(monkeypatch: pytest.MonkeyPatch) -> None:
-    """A setup that should have been refused must fail the test, not start serving."""
-    import uvicorn
-
-    def refuse(*args: object, **kwargs: object) -> None:
-        raise AssertionError("osr-serve started serving")
-
-    monkeypatch.setattr(uvicorn, "run", refuse)
-    monkeypatch.setattr(uvicorn.Server, "run", refuse)
+# a setup that should have been refused must fail the test, not start serving
+pytestmark = pytest.mark.usefixtures("never_serve")
 
 
 def wait_ready(client: TestClient, headers: dict | None = None) -> None:

@@ -7,12 +7,9 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import select
 import signal
 import socket
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -25,7 +22,7 @@ import uvicorn
 
 from osr.serve.app import create_app
 from osr.serve.http_protocol import GuardedHttpToolsProtocol
-from osr.serve.in_thread import free_port, serving, wait_until_ready
+from osr.serve.in_thread import free_port, serving
 from osr.serve.predictor import Predictor
 from osr.serve.server import uvicorn_options
 from osr.serve.settings import Settings
@@ -246,33 +243,18 @@ def test_request_cut_by_shutdown_gets_503(tiny_model_repository: Path) -> None:
 
 # -- the real process -----------------------------------------------------------------------------
 
-def test_osr_serve_process_applies_the_limits_and_exits_0(tiny_model_repository: Path) -> None:
-    port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("OSR_")}
-    process = subprocess.Popen(
-        [sys.executable, "-m", "osr.serve.server", "--model-repository", str(tiny_model_repository),
-         "--port", str(port), "--log-level", "warning", "--header-timeout-s", "0.5", "--max-header-bytes", "4096",
-         "--body-timeout-s", "0.5", "--threads", "1"],
-        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-    )
-    try:
-        try:
-            wait_until_ready(f"http://127.0.0.1:{port}", 90, alive=lambda: process.poll() is None)
-        except RuntimeError as exc:
-            raise AssertionError(process.stdout.read()) from exc
-        settings_like = Settings(model_repository=tiny_model_repository, port=port)
-        with connect(settings_like) as sock:
-            sock.sendall(b"GET /healthz HTTP/1.1\r\n")
-            assert read_response(sock)[0] == 408
-        with connect(settings_like) as sock:
-            sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 8192 + b"\r\n\r\n")
-            assert read_response(sock)[0] == 431
-        with connect(settings_like) as sock:
-            sock.sendall(b"POST /v2/models/tiny/infer HTTP/1.1\r\nHost: x\r\nContent-Length: 99\r\n\r\n{")
-            assert read_response(sock)[0] == 408
-        process.send_signal(signal.SIGTERM)
-        assert process.wait(timeout=30) == 0
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
+def test_osr_serve_process_applies_the_limits_and_exits_0(tiny_model_repository: Path, osr_serve_process) -> None:
+    process, port = osr_serve_process("--log-level", "warning", "--header-timeout-s", "0.5", "--max-header-bytes",
+                                      "4096", "--body-timeout-s", "0.5", "--threads", "1")
+    settings_like = Settings(model_repository=tiny_model_repository, port=port)
+    with connect(settings_like) as sock:
+        sock.sendall(b"GET /healthz HTTP/1.1\r\n")
+        assert read_response(sock)[0] == 408
+    with connect(settings_like) as sock:
+        sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 8192 + b"\r\n\r\n")
+        assert read_response(sock)[0] == 431
+    with connect(settings_like) as sock:
+        sock.sendall(b"POST /v2/models/tiny/infer HTTP/1.1\r\nHost: x\r\nContent-Length: 99\r\n\r\n{")
+        assert read_response(sock)[0] == 408
+    process.send_signal(signal.SIGTERM)
+    assert process.wait(timeout=30) == 0

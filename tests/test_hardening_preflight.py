@@ -26,16 +26,8 @@ from osr.serve.server import main
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(autouse=True)
-def never_serve(monkeypatch: pytest.MonkeyPatch) -> None:
-    """A repository that should have been refused must fail the test, not start serving."""
-    import uvicorn
-
-    def refuse(*args: object, **kwargs: object) -> None:
-        raise AssertionError("osr-serve started serving")
-
-    monkeypatch.setattr(uvicorn, "run", refuse)
-    monkeypatch.setattr(uvicorn.Server, "run", refuse)
+# a repository that should have been refused must fail the test, not start serving
+pytestmark = pytest.mark.usefixtures("never_serve")
 
 
 def version_dir(repository: Path) -> Path:

@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -13,7 +11,6 @@ from pathlib import Path
 import httpx
 import pytest
 
-from osr.serve.in_thread import wait_until_ready
 from osr.serve.server import load_settings, main
 from osr.serve.settings import Settings
 
@@ -88,31 +85,14 @@ def test_serving_modules_do_not_import_torch() -> None:
     subprocess.run([sys.executable, "-c", code], check=True)
 
 
-def test_real_process_serves_then_stops_on_sigterm(tiny_model_repository: Path) -> None:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    env = {k: v for k, v in os.environ.items() if not k.startswith("OSR_")}
-    process = subprocess.Popen(
-        [sys.executable, "-m", "osr.serve.server", "--model-repository", str(tiny_model_repository),
-         "--port", str(port), "--log-level", "info", "--graceful-shutdown-s", "5"],
-        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-    )
-    try:
-        try:
-            wait_until_ready(f"http://127.0.0.1:{port}", 60, alive=lambda: process.poll() is None)
-        except RuntimeError as exc:
-            raise AssertionError(process.stdout.read()) from exc
-        assert httpx.get(f"http://127.0.0.1:{port}/v2/models/tiny").json()["name"] == "tiny"
-        process.send_signal(signal.SIGTERM)
-        # uvicorn shuts down gracefully; osr-serve turns the signal it re-raises into a clean exit
-        assert process.wait(timeout=20) == 0
-        log = process.stdout.read()
-        assert "Application shutdown complete." in log and "Finished server process" in log, log
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
+def test_real_process_serves_then_stops_on_sigterm(osr_serve_process) -> None:
+    process, port = osr_serve_process("--log-level", "info", "--graceful-shutdown-s", "5", timeout_s=60)
+    assert httpx.get(f"http://127.0.0.1:{port}/v2/models/tiny").json()["name"] == "tiny"
+    process.send_signal(signal.SIGTERM)
+    # uvicorn shuts down gracefully; osr-serve turns the signal it re-raises into a clean exit
+    assert process.wait(timeout=20) == 0
+    log = process.stdout.read()
+    assert "Application shutdown complete." in log and "Finished server process" in log, log
 
 
 def test_onnxruntime_threads_are_shared_out_between_workers(tiny_model_repository, monkeypatch) -> None:
