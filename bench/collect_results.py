@@ -3,6 +3,7 @@ seeds/splits per group and method) and a plot of AUROC against accuracy.
 
     python bench/collect_results.py            # prints Markdown, writes bench/results/summary.json
     python bench/collect_results.py --plot docs/auroc_vs_accuracy.png
+    python bench/collect_results.py --root bench/results/regime --against CE+CutMix --against KD+CutMix
 """
 
 from __future__ import annotations
@@ -63,39 +64,42 @@ def fmt(values: list[float]) -> str:
     return f"{statistics.mean(values):.4f} ± {statistics.stdev(values):.4f}"
 
 
-def paired_deltas(methods: dict, label: str) -> dict[str, list[float]] | None:
-    """Per-run differences from CE of the same backbone, seed and split (None without a CE run)."""
-    ce = methods.get("CE " + label[label.index("["):])
-    if ce is None or label.startswith("CE ["):
+def paired_deltas(methods: dict, label: str, against: str = "CE") -> dict[str, list[float]] | None:
+    """Per-run differences from method ``against`` of the same backbone, seed and split (None
+    without such a run, or for ``against`` itself)."""
+    ref = methods.get(f"{against} " + label[label.index("["):])
+    if ref is None or label.startswith(f"{against} ["):
         return None
-    by_run = {(r["seed"], r["split"]): r for r in ce}
+    by_run = {(r["seed"], r["split"]): r for r in ref}
     pairs = [(r, by_run[(r["seed"], r["split"])]) for r in methods[label] if (r["seed"], r["split"]) in by_run]
     if not pairs:
         return None
     return {k: [r[k] - c[k] for r, c in pairs] for k in ("accuracy", "auroc", "oscr")}
 
 
-def markdown(groups: dict) -> str:
+def markdown(groups: dict, against: tuple[str, ...] = ("CE",)) -> str:
     lines = []
     scratch = {g: m for g, m in groups.items() if not is_pretrained(m)}
     pretrained = {g: m for g, m in groups.items() if is_pretrained(m)}
-    lines += _tables(scratch)
+    lines += _tables(scratch, against)
     if pretrained:
         lines += ["## ImageNet-pretrained runs (not comparable with the from-scratch open-set protocol)", ""]
-        lines += _tables(pretrained)
-    lines.append("Δ columns: mean ± std over seeds of (method − CE of the same backbone, seed and split).")
+        lines += _tables(pretrained, against)
+    lines.append("Δ columns: mean ± std over seeds of (method − the named method of the same backbone, seed and split).")
     return "\n".join(lines)
 
 
-def _tables(groups: dict) -> list[str]:
+def _tables(groups: dict, against: tuple[str, ...]) -> list[str]:
     lines = []
     for group, methods in groups.items():
+        deltas = [f"Δacc vs {a} | ΔAUROC vs {a}" for a in against]
         lines += [f"### {group}", "", "| method | runs | " + " | ".join(c[1] for c in COLUMNS)
-                  + " | Δacc vs CE | ΔAUROC vs CE |", "|---|---|" + "---|" * (len(COLUMNS) + 2)]
+                  + " | " + " | ".join(deltas) + " |", "|---|---|" + "---|" * (len(COLUMNS) + 2 * len(against))]
         for label, runs in sorted(methods.items()):
             cells = [fmt([r[k] for r in runs]) for k, _ in COLUMNS]
-            d = paired_deltas(methods, label)
-            cells += [fmt(d["accuracy"]), fmt(d["auroc"])] if d else ["", ""]
+            for a in against:
+                d = paired_deltas(methods, label, a)
+                cells += [fmt(d["accuracy"]), fmt(d["auroc"])] if d else ["", ""]
             lines.append(f"| {label} | {len(runs)} | " + " | ".join(cells) + " |")
         lines.append("")
     return lines
@@ -134,10 +138,15 @@ def plot(groups: dict, out: Path) -> None:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--plot", type=Path, default=None)
+    p.add_argument("--root", type=Path, default=RESULTS,
+                   help="folder of groups (<root>/<group>/<run>/metrics.json); summary.json is written for the default only")
+    p.add_argument("--against", action="append", default=None, metavar="METHOD",
+                   help="reference method of the Δ columns, as labelled in the table (e.g. CE+CutMix); repeatable; default CE")
     a = p.parse_args()
-    groups = collect()
-    (RESULTS / "summary.json").write_text(json.dumps(groups, indent=2))
-    print(markdown(groups))
+    groups = collect(a.root)
+    if a.root == RESULTS:
+        (RESULTS / "summary.json").write_text(json.dumps(groups, indent=2))
+    print(markdown(groups, tuple(a.against or ["CE"])))
     if a.plot:  # the from-scratch protocol only: pretrained runs have their own table
         plot({g: m for g, m in groups.items() if not is_pretrained(m)}, a.plot)
 

@@ -9,11 +9,22 @@
 #   bench/regime_search.sh summary                                    # paired accuracy deltas so far
 #   e.g. SEEDS=0 bench/regime_search.sh classifier32:0.5:150:100      # screen one setting on seed 0
 #
+# The ablation grid in the regime found (issue 11): METHODS names the students, e.g.
+#   METHODS="kd-cutmix ad-cutmix ad-cutmix-r0 ad-cutmix-target-mixed ad-cutmix-target-lam ad-cutmix-target-none" \
+#     FLAGS="--randaugment false --batch-size 32" bench/regime_search.sh resnet18:0.25:150:200
+# KD and AD students learn from one CE teacher per setting: the same architecture at TEACHER_WIDTH
+# (0.5), same data, epochs and FLAGS, seed TEACHER_SEED (0), trained first (runs/regime/<tag>/
+# teacher-ce-w<width>-seed<seed>/; two calls at once wait for each other's teacher, flock). A
+# committed copy of the teacher's metrics does not skip it: its checkpoint is retrained if gone.
+# Methods: ce, ce-cutmix, kd-cutmix, ad-cutmix (r 0.75, learnable target raw: the released code's
+# choices), ad-cutmix-r0 (--smoothing-r 0), ad-cutmix-target-{mixed,lam,none} (--ad-learnable-target).
+#
 # Runs: runs/regime/<tag>/{ce,ce-cutmix}-seed<seed>/, tag = <arch>-w<width>-n<images>-e<epochs>;
 # metrics.json + log.jsonl copied to $RESULTS/regime/<tag>/<run>-seed<seed>/.
 # Environment: PYTHON (python), OSR_DATA_ROOT (../shared/datasets), RESULTS (bench/results),
-# SEEDS ("0 1 2"), FLAGS (extra osr-train flags, word-split; they become part of the tag), ONLY (ce or
-# ce-cutmix: run one method, so the two runs of a seed can train at the same time in two calls). Test metrics are computed twice per
+# SEEDS ("0 1 2"), FLAGS (extra osr-train flags, word-split; they become part of the tag), METHODS
+# ("ce ce-cutmix"; ONLY is its old name: run one method, so two runs can train at the same time in
+# two calls), TEACHER_WIDTH, TEACHER_SEED. Test metrics are computed twice per
 # run (half-way and at the end: --eval-every EPOCHS/2), on the full test sets (6,000 known,
 # 4,000 unknown images).
 #
@@ -57,6 +68,8 @@ PY=${PYTHON:-python}
 DATA=${OSR_DATA_ROOT:-../shared/datasets}
 RESULTS=${RESULTS:-bench/results}
 SEEDS=${SEEDS:-0 1 2}
+METHODS=${METHODS:-${ONLY:-ce ce-cutmix}}
+TEACHER_WIDTH=${TEACHER_WIDTH:-0.5}; TEACHER_SEED=${TEACHER_SEED:-0}
 DEFAULT_SETTINGS=(
   classifier32:0.5:150:100
   classifier32:0.5:300:60
@@ -68,34 +81,29 @@ DEFAULT_SETTINGS=(
 
 finished() { [ -f "$1" ] && "$PY" -c "import json,sys; d=json.load(open('$1')); sys.exit(d['epoch'] != d['config']['epochs'])"; }
 
-summary() {  # per setting: CE+CutMix - CE accuracy (and AUROC), paired by seed
-  "$PY" - "$RESULTS/regime" <<'EOF'
-import json, statistics, sys
-from pathlib import Path
-for tag in sorted(p for p in Path(sys.argv[1]).glob("*") if p.is_dir()):
-    rows = []
-    for ce in sorted(tag.glob("ce-seed*/metrics.json")):
-        mix = tag / ce.parent.name.replace("ce-", "ce-cutmix-") / "metrics.json"
-        if not mix.exists():
-            continue
-        a, b = json.loads(ce.read_text()), json.loads(mix.read_text())
-        if a["epoch"] != a["config"]["epochs"] or b["epoch"] != b["config"]["epochs"]:
-            continue
-        rows.append((a["metrics"]["accuracy"], b["metrics"]["accuracy"], b["metrics"]["auroc"] - a["metrics"]["auroc"]))
-    if rows:
-        d = [100 * (b - a) for a, b, _ in rows]
-        spread = f" ± {statistics.stdev(d):.2f}" if len(d) > 1 else ""
-        print(f"{tag.name}: {len(rows)} seeds, CE acc {statistics.mean(a for a, _, _ in rows):.4f}, "
-              f"CutMix - CE acc {statistics.mean(d):+.2f}{spread} points (per seed {', '.join(f'{x:+.2f}' for x in d)}), "
-              f"AUROC {statistics.mean(100 * x for _, _, x in rows):+.2f} points")
-EOF
+summary() {  # every group: mean ± std, and paired deltas against CE, CE+CutMix and KD+CutMix
+  "$PY" bench/collect_results.py --root "$RESULTS/regime" --against CE --against CE+CutMix --against KD+CutMix
+}
+
+method_flags() {  # METHOD TEACHER -> osr-train flags
+  local t=(--teacher "$2")
+  case $1 in
+    ce) echo --method ce ;;
+    ce-cutmix) echo --method ce --mix cutmix ;;
+    kd-cutmix) echo --method kd --mix cutmix "${t[@]}" ;;
+    ad-cutmix) echo --method ad --mix cutmix "${t[@]}" ;;
+    ad-cutmix-r0) echo --method ad --mix cutmix --smoothing-r 0 "${t[@]}" ;;
+    ad-cutmix-target-mixed|ad-cutmix-target-lam|ad-cutmix-target-none)
+      echo --method ad --mix cutmix --ad-learnable-target "${1##*-}" "${t[@]}" ;;
+    *) echo "unknown method $1" >&2; return 1 ;;
+  esac
 }
 
 run() {  # tag name seed flags...
   local tag=$1 name=$2 seed=$3; shift 3
   local out="runs/regime/$tag/$name-seed$seed" kept="$RESULTS/regime/$tag/$name-seed$seed"
-  if finished "$kept/metrics.json"; then echo "done already (committed): $kept"; return 0; fi
-  if finished "$out/metrics.json"; then
+  if [ -z "${NEED_CHECKPOINT:-}" ] && finished "$kept/metrics.json"; then echo "done already (committed): $kept"; return 0; fi
+  if finished "$out/metrics.json" && { [ -z "${NEED_CHECKPOINT:-}" ] || [ -f "$out/checkpoint.pt" ]; }; then
     echo "done already: $out"
   else
     local resume=(); [ -f "$out/checkpoint.pt" ] && resume=(--resume)
@@ -120,9 +128,18 @@ for setting in "${SETTINGS[@]}"; do
   [ -n "${FLAGS:-}" ] && tag="$tag-$(echo "$FLAGS" | sed 's/^-*//; s/ \{1,\}-*/-/g' | tr -c 'A-Za-z0-9.\n-' '_')"
   S=(--arch "$arch" --width "$width" --max-train-per-class "$per_class" --epochs "$epochs"
      --eval-every $(( epochs / 2 > 0 ? epochs / 2 : 1 )))
+  teacher="runs/regime/$tag/teacher-ce-w$TEACHER_WIDTH-seed$TEACHER_SEED"
+  if [[ " $METHODS " == *" kd-"* || " $METHODS " == *" ad-"* ]]; then
+    mkdir -p "runs/regime/$tag"
+    ( flock 9; NEED_CHECKPOINT=1 run "$tag" "teacher-ce-w$TEACHER_WIDTH" "$TEACHER_SEED" "${S[@]}" --width "$TEACHER_WIDTH" --method ce ) \
+      9> "runs/regime/$tag/teacher.lock" || exit 1
+  fi
   for seed in $SEEDS; do
-    [ "${ONLY:-ce}" = ce ] && run "$tag" ce "$seed" "${S[@]}" --method ce
-    [ "${ONLY:-ce-cutmix}" = ce-cutmix ] && run "$tag" ce-cutmix "$seed" "${S[@]}" --method ce --mix cutmix
+    for method in $METHODS; do
+      flags=$(method_flags "$method" "$teacher") || exit 2
+      # shellcheck disable=SC2086  # flags is a word list (no spaces inside the teacher path)
+      run "$tag" "$method" "$seed" "${S[@]}" $flags
+    done
   done
 done
 summary

@@ -68,3 +68,19 @@ def test_pretrained_students_of_other_teachers_or_schedules_are_not_averaged_tog
         "CE [efficientnet_lite0 w1 ImageNet @64px, 3 ep, 3000 img/class]",
         "CE [efficientnet_lite0 w1 ImageNet @64px, 4 ep, all img/class]",
     }
+
+
+def test_deltas_against_other_reference_methods_pair_by_seed(tmp_path: Path) -> None:
+    write_run(tmp_path, "g", "ce-cutmix-seed0", method="ce", mix="cutmix", seed=0, acc=0.74, auroc=0.61)
+    write_run(tmp_path, "g", "ce-cutmix-seed1", method="ce", mix="cutmix", seed=1, acc=0.72, auroc=0.60)
+    write_run(tmp_path, "g", "kd-cutmix-seed0", method="kd", mix="cutmix", seed=0, acc=0.75, auroc=0.65)
+    write_run(tmp_path, "g", "kd-cutmix-seed1", method="kd", mix="cutmix", seed=1, acc=0.74, auroc=0.66)
+    write_run(tmp_path, "g", "ad-cutmix-seed1", method="ad", mix="cutmix", seed=1, acc=0.73, auroc=0.69)
+    methods = collect_results.collect(tmp_path)["g"]
+    d = collect_results.paired_deltas(methods, "KD+CutMix [classifier32 w0.25]", "CE+CutMix")
+    assert d["accuracy"] == pytest.approx([0.01, 0.02]) and d["auroc"] == pytest.approx([0.04, 0.06])
+    d = collect_results.paired_deltas(methods, "AD+CutMix [classifier32 w0.25]", "KD+CutMix")
+    assert d["accuracy"] == pytest.approx([-0.01]) and d["auroc"] == pytest.approx([0.03])  # seed 1 only
+    table = collect_results.markdown({"g": methods}, ("CE+CutMix", "KD+CutMix"))
+    assert "Δacc vs CE+CutMix | ΔAUROC vs CE+CutMix | Δacc vs KD+CutMix | ΔAUROC vs KD+CutMix |" in table
+    assert "| KD+CutMix [classifier32 w0.25] | 2 | 0.7450 ± 0.0071 |" in table
