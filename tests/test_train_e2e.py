@@ -92,6 +92,20 @@ def test_resume_equals_uninterrupted_run(tmp_path):
     assert straight.metrics == resumed.metrics
 
 
+def test_compile_wraps_the_training_passes_only_and_keeps_runs_resumable(teacher, tmp_path):
+    """--compile compiles what the steps call (student and teacher); checkpoints and evaluation keep
+    the plain module (no _orig_mod. keys), and the flag does not change the config digest. A whole
+    compiled run is not run here: inductor takes about 90 s to compile even this tiny model on the CPU."""
+    plain = tiny_config(tmp_path / "p", method="ad", teacher=str(teacher))
+    compiled = tiny_config(tmp_path / "c", method="ad", teacher=str(teacher), compile=True)
+    assert plain.digest() == compiled.digest()
+    t = Trainer(compiled, progress=False)
+    assert isinstance(t.net, torch._dynamo.eval_frame.OptimizedModule)
+    assert isinstance(t.step.teacher, torch._dynamo.eval_frame.OptimizedModule)
+    assert not isinstance(t.model, torch._dynamo.eval_frame.OptimizedModule)
+    assert not any("_orig_mod" in k for k in t._checkpoint()["model"])
+
+
 def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
     t = Trainer(tiny_config(tmp_path / "nan", epochs=3), progress=False)
     t.fit(stop_after=1)

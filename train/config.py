@@ -87,6 +87,8 @@ class TrainConfig:
     device: str = _f("auto", "auto, cpu, cuda or cuda:N")
     amp: bool = _f(True, "bf16 autocast on CUDA")
     channels_last: bool = _f(True, "channels_last memory format on CUDA")
+    compile: bool = _f(False, "torch.compile the student's and teacher's training passes (CUDA hosts; the first "
+                                 "steps of a run compile, so time later epochs)")
     eval_every: int = _f(1, "evaluate on the test sets every N epochs (always after the last)")
     out: str | None = _f(None, "run folder", shown="runs/<dataset>-s<split>-<arch>-<method>[-<mix>]-seed<seed>")
     resume: bool = _f(False, "continue the run in --out from its checkpoint")
@@ -119,12 +121,15 @@ class TrainConfig:
 
     def digest(self) -> str:
         """A short hash of everything that shapes the result (not where it is written)."""
-        d = {k: v for k, v in self.to_dict().items() if k not in ("out", "resume", "workers", "device", "data_root")}
+        d = {k: v for k, v in self.to_dict().items() if k not in _NOT_IN_DIGEST}
         for k, default in _ADDED_LATER.items():  # at its default an added knob keeps old runs resumable
             if d[k] == default:
                 del d[k]
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
 
+
+# Where and how fast a run goes, not what it learns: resuming with other values is fine.
+_NOT_IN_DIGEST = ("out", "resume", "workers", "device", "data_root", "compile")
 
 # Fields added after runs were checkpointed, with the default that reproduces the older behaviour.
 _ADDED_LATER = {"ad_mixed_ce": 0.0, "ad_learnable_target": "raw", "pretrained": None, "input_size": None,

@@ -192,6 +192,8 @@ class Trainer:
             if self.device.type == "cuda" and cfg.channels_last:
                 self.teacher = self.teacher.to(memory_format=torch.channels_last)
         self.net = nn.parallel.DistributedDataParallel(self.model) if self.world > 1 else self.model
+        if cfg.compile:  # self.model stays the plain module: checkpoints and evaluation use it
+            self.net = torch.compile(self.net)
 
         per_rank = max(1, cfg.batch_size // self.world)
         self.dataset = AugmentedImages(self.data.train_x, self.data.train_y,
@@ -212,7 +214,7 @@ class Trainer:
         self.opt = torch.optim.SGD(groups, lr=lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
         self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, group_schedules(
             groups, lambda s: lr_factor(s, self.steps_per_epoch, cfg), self.steps_per_epoch, cfg))
-        self.step = Step(cfg, k, self.teacher)
+        self.step = Step(cfg, k, torch.compile(self.teacher) if cfg.compile and self.teacher is not None else self.teacher)
         self.epoch = 0
         self.metrics: dict = {}
         self.run_id = f"{self.out.name}-{cfg.digest()}"
