@@ -9,6 +9,7 @@ Writes bench/results/train_step_speed.json. A benchmark, not a test: the numbers
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import platform
 import statistics
@@ -22,16 +23,21 @@ from osr.train.models import build_model
 from osr.train.steps import Step
 
 
-def make_runner(step: Step, model, x, y, mixed: bool):
+def make_runner(step: Step, model, x, y, mixed: bool, amp: bool = False, batch=None):
+    """A callable timing one training step (forward, loss, backward, SGD update). ``batch``: a
+    callable making the step's input each time (e.g. augmentation on the device), timed with it;
+    ``amp``: bf16 autocast on CUDA, as osr-train does."""
     opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if amp else contextlib.nullcontext
 
     def run() -> float:
         t0 = time.perf_counter()
-        loss, _ = step(model, x, y, mixed)
+        with autocast():
+            loss, _ = step(model, batch() if batch else x, y, mixed)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-        if x.is_cuda:
+        if y.is_cuda:
             torch.cuda.synchronize()
         return time.perf_counter() - t0
 
