@@ -15,10 +15,10 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
+
+from osr.atomic import write_text_atomic
 
 SCHEMA_VERSION = 1
 MANIFEST_FILE = "manifest.json"
@@ -112,15 +112,7 @@ def write_manifest(version_dir: Path, manifest: dict) -> None:
     version_dir = Path(version_dir)
     validate_manifest(manifest, where=str(version_dir / MANIFEST_FILE))
     text = json.dumps(_finite_or_none(manifest), indent=2, allow_nan=False) + "\n"
-    version_dir.mkdir(parents=True, exist_ok=True)
-    handle, temp_name = tempfile.mkstemp(dir=version_dir, prefix=".manifest-", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "w", encoding="utf-8") as stream:
-            stream.write(text)
-        os.replace(temp_name, version_dir / MANIFEST_FILE)
-    except BaseException:
-        Path(temp_name).unlink(missing_ok=True)
-        raise
+    write_text_atomic(version_dir / MANIFEST_FILE, text)
 
 
 def list_versions(model_dir: Path) -> list[int]:

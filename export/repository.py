@@ -19,6 +19,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
+from osr.atomic import write_text_atomic
 from osr.export.manifest import MANIFEST_FILE, list_versions
 
 GPU_CONFIG = "config.pbtxt"
@@ -166,20 +167,6 @@ def _move_into_place(staging: Path, target: Path, force: bool) -> None:
     os.rename(target, retired / target.name)
     os.rename(staging, target)
     shutil.rmtree(retired, ignore_errors=True)
-
-
-def write_text_atomic(path: Path, text: str) -> None:
-    """Write a text file via a temp file in the same folder and os.replace."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}-", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "w", encoding="utf-8") as stream:
-            stream.write(text)
-        os.replace(temp_name, path)
-    except BaseException:
-        Path(temp_name).unlink(missing_ok=True)
-        raise
 
 
 def write_model_configs(model_dir: Path, gpu_config: str, cpu_config: str | None, force: bool = False) -> None:

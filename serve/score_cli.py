@@ -19,7 +19,6 @@ import queue
 import signal
 import stat
 import sys
-import tempfile
 import threading
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -29,6 +28,7 @@ from typing import IO
 
 import numpy as np
 
+from osr.atomic import atomic_path
 from osr.export.manifest import ManifestError
 from osr.serve.decode import (
     DEFAULT_MAX_PIXELS,
@@ -561,10 +561,7 @@ def add_fdr_column(path: Path, fmt: str, q: float) -> tuple[int, int]:
         dtype=np.float64,
     )
     flagged = benjamini_hochberg(p_values, q) if p_values.size else np.zeros(0, bool)
-    handle, temp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(handle)
-    temp = Path(temp_name)
-    try:
+    with atomic_path(path) as temp:
         fieldnames = None
         if fmt == "csv":
             header = _csv_header(path) or list(CSV_FIELDS)
@@ -587,10 +584,6 @@ def add_fdr_column(path: Path, fmt: str, q: float) -> tuple[int, int]:
                 buffer.clear()
         write(buffer)
         writer.close()
-        os.replace(temp, path)
-    except BaseException:
-        temp.unlink(missing_ok=True)
-        raise
     return int(flagged.sum()), int(p_values.size)
 
 

@@ -9,6 +9,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from osr.atomic import atomic_path
 from .models import build_model
 
 SCHEMA = "osr.checkpoint/1"
@@ -21,15 +22,9 @@ class CheckpointError(ValueError):
 
 
 def atomic_torch_save(obj: object, path: str | os.PathLike) -> None:
-    """Write to a temporary file in the same folder, fsync, then rename: a crash leaves the old file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        torch.save(obj, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    """torch.save through ``osr.atomic``: a crash leaves the old file."""
+    with atomic_path(path) as tmp:
+        torch.save(obj, tmp)
 
 
 def load_checkpoint(path: str | os.PathLike) -> dict:

@@ -13,6 +13,8 @@ import os
 import sys
 from pathlib import Path
 
+from osr.atomic import atomic_path
+
 CURVES_FILE = "curves.png"
 _noted = False
 
@@ -63,9 +65,8 @@ def plot_curves(entries: list[dict], path: Path, title: str = "") -> Path:
     if title:
         figure.suptitle(title, fontsize=10)
     path = Path(path)
-    temporary = path.with_name(f".{path.name}.tmp")
-    figure.savefig(temporary, dpi=100, format="png")
-    os.replace(temporary, path)
+    with atomic_path(path) as temporary:
+        figure.savefig(temporary, dpi=100, format="png")
     return path
 
 

@@ -21,6 +21,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from tqdm import tqdm
 
+from osr.atomic import write_text_atomic
 from .adapter import InputAdapter
 from .augment import batch_crop_flip, batch_randaugment, train_transform
 from .checkpoint import SCHEMA, CheckpointError, atomic_torch_save, git_commit, load_checkpoint, model_from_checkpoint
@@ -263,9 +264,7 @@ class Trainer:
             f.write(json.dumps(log_line) + "\n")
         summary = {"run_id": self.run_id, "epoch": self.epoch, "config": self.cfg.to_dict(),
                    "teacher": self.teacher_info, "metrics": self.metrics}
-        tmp = self.out / "metrics.json.tmp"
-        tmp.write_text(json.dumps(summary, indent=2))
-        os.replace(tmp, self.out / "metrics.json")
+        write_text_atomic(self.out / "metrics.json", json.dumps(summary, indent=2))
         from .curves import write_curves  # curves.png from log.jsonl; never raises
         write_curves(self.out)
 
