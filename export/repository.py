@@ -13,6 +13,7 @@ from __future__ import annotations
 import difflib
 import json
 import os
+import secrets
 import shutil
 import tempfile
 from contextlib import contextmanager
@@ -147,7 +148,10 @@ def version_writer(repository: Path, name: str, version: int, force: bool = Fals
     check_version_free(repository, name, version, force)
     model_dir = Path(repository) / name
     model_dir.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(dir=model_dir, prefix=f".staging-{version}-"))
+    # Not tempfile.mkdtemp: its 0700 would become the version folder's mode, unreadable to a
+    # Triton server that runs as another user; mkdir gives the umask's mode.
+    staging = model_dir / f".staging-{version}-{secrets.token_hex(4)}"
+    staging.mkdir()
     try:
         yield staging
         _move_into_place(staging, model_dir / str(version), force)

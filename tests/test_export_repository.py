@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import stat
 from pathlib import Path
 
 import pytest
@@ -109,3 +111,17 @@ def test_configs_are_kept_when_equal_and_refused_when_they_would_change(tmp_path
     write_model_configs(model, "name: \"m\"\nmax_batch_size: 8\n", "kind: GPU\n", force=True)
     assert (model / "config.pbtxt").read_text() == "name: \"m\"\nmax_batch_size: 8\n"
     assert (model / "configs" / "cpu.pbtxt").read_text() == "kind: GPU\n"
+
+
+def test_an_export_is_readable_by_other_users_under_the_usual_umask(tiny_model_repository: Path) -> None:
+    """A Triton container often runs as another user than the one who exported: every folder and
+    file of the repository must carry the umask's read bits (temp files made 0700/0600 once)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    if umask & 0o044:
+        pytest.skip(f"umask {umask:03o} withholds read access itself")
+    paths = list(tiny_model_repository.rglob("*"))
+    assert any(p.name == "manifest.json" for p in paths) and any(p.name == "config.pbtxt" for p in paths)
+    for p in paths:
+        want = 0o055 if p.is_dir() else 0o044
+        assert stat.S_IMODE(p.stat().st_mode) & want == want, f"{p.relative_to(tiny_model_repository)}: {stat.filemode(p.stat().st_mode)}"
