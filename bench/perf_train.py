@@ -21,9 +21,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, RandomSampler
 
-from osr.train.augment import batch_crop_flip, batch_randaugment, train_transform
+from osr.train.augment import DeviceBatches, train_transform
 from osr.train.data import JpegPack
 from osr.train.trainer import AugmentedImages, Normalize
 from perf_common import CIFAR_TEST, REPOSITORY, fmt, round_robin, save, summary
@@ -35,6 +35,25 @@ def cifar_train(count: int) -> tuple[np.ndarray, np.ndarray]:
     pack = JpegPack([CIFAR_TEST.parent / "train_part1.npz"])
     x = pack.decode(np.arange(count), 32)  # CIFAR images are 32 px already: the resize is a no-op
     return x, (pack.labels[:count] % 6).astype(np.int64)
+
+
+def batch_timer(loader):
+    """A callable: seconds to get the next batch from ``loader``, starting a new epoch when one ends
+    (the new epoch's iterator set-up is not counted as a batch)."""
+    batches = iter(loader)
+
+    def load_batch() -> float:
+        nonlocal batches
+        t0 = time.perf_counter()
+        try:
+            next(batches)
+        except StopIteration:
+            batches = iter(loader)
+            t0 = time.perf_counter()
+            next(batches)
+        return time.perf_counter() - t0
+
+    return load_batch
 
 
 def main() -> None:
@@ -51,28 +70,11 @@ def main() -> None:
     x_np, y_np = cifar_train(a.images)
     loader = DataLoader(AugmentedImages(x_np, y_np, train_transform(32)), batch_size=a.batch_size, shuffle=True,
                         drop_last=True, num_workers=a.workers, persistent_workers=a.workers > 0)
-    batches = iter(loader)
-
-    def load_batch() -> float:
-        nonlocal batches
-        t0 = time.perf_counter()
-        try:
-            xb, _ = next(batches)
-        except StopIteration:
-            batches = iter(loader)
-            t0 = time.perf_counter()  # the new epoch's iterator set-up is not a batch
-            xb, _ = next(batches)
-        return time.perf_counter() - t0
-
-    # --batch-augment's path: the decoded set as one uint8 tensor, crop/flip/RandAugment per batch
-    images_u8 = torch.from_numpy(x_np).permute(0, 3, 1, 2).contiguous()
-    batch_gen = torch.Generator().manual_seed(0)
-
-    def load_batch_augmented() -> float:
-        t0 = time.perf_counter()
-        idx = torch.randint(0, len(images_u8), (a.batch_size,), generator=batch_gen)
-        batch_randaugment(batch_crop_flip(images_u8[idx]))
-        return time.perf_counter() - t0
+    # --batch-augment's loader (the trainer's DeviceBatches): the decoded set as one uint8 tensor,
+    # crop/flip/RandAugment a whole batch at a time
+    device_batches = DeviceBatches(torch.from_numpy(x_np).permute(0, 3, 1, 2), torch.from_numpy(y_np),
+                                   RandomSampler(range(len(x_np))), a.batch_size, randaugment=True)
+    load_batch, load_batch_augmented = batch_timer(loader), batch_timer(device_batches)
 
     manifest = json.loads((REPOSITORY / "cifar10-ad" / "1" / "manifest.json").read_text())
     norm = Normalize(manifest["normalize"]["mean"], manifest["normalize"]["std"])

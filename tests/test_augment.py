@@ -108,3 +108,21 @@ def test_batch_randaugment_keeps_shape_dtype_and_is_seeded():
     torch.manual_seed(1)
     b = batch_randaugment(x, chunk=8)
     assert a.shape == x.shape and a.dtype == torch.uint8 and torch.equal(a, b)
+
+
+def test_device_batches_follow_the_sampler_keep_labels_and_drop_the_last_partial_batch():
+    """Image i is the constant i and its label is i: after crop (zero padding 4) and flip the
+    centre pixel still names the image, so every batch can be checked against the sampler's order."""
+    from torch.utils.data import SequentialSampler
+
+    from osr.train.augment import DeviceBatches
+
+    x = torch.arange(10, dtype=torch.uint8)[:, None, None, None].expand(10, 3, 32, 32)
+    batches = DeviceBatches(x, torch.arange(10), SequentialSampler(range(10)), batch_size=4, randaugment=False)
+    assert len(batches) == 2  # 10 images, batches of 4, the last 2 dropped as DataLoader(drop_last=True) does
+    seen = []
+    for xb, yb in batches:
+        assert xb.dtype == torch.uint8 and xb.shape == (4, 3, 32, 32)
+        assert torch.equal(xb[:, :, 16, 16], yb[:, None].to(torch.uint8).expand(4, 3))
+        seen += yb.tolist()
+    assert seen == list(range(8))

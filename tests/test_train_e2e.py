@@ -139,3 +139,12 @@ def test_ddp_two_cpu_processes(tmp_path):
     # each process takes half of the global batch of 32: 216 images / 2 ranks / 16 = 6 steps
     assert log[0]["steps"] == 6
     assert load_checkpoint(out)["epoch"] == 1
+
+
+def test_batch_augment_trains_with_the_same_steps_per_epoch(tmp_path):
+    plain = Trainer(tiny_config(tmp_path / "p", epochs=1), progress=False)
+    on_device = Trainer(tiny_config(tmp_path / "d", epochs=1, batch_augment=True), progress=False)
+    assert on_device.steps_per_epoch == plain.steps_per_epoch == len(plain.loader)
+    metrics = on_device.fit()
+    assert json.loads((tmp_path / "d" / "log.jsonl").read_text().splitlines()[0])["steps"] == plain.steps_per_epoch
+    assert 0.0 <= metrics["auroc"] <= 1.0

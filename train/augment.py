@@ -108,3 +108,28 @@ def cutmix(
     x_mix[:, :, y1:y2, x1:x2] = x[perm][:, :, y1:y2, x1:x2]
     lam_exact = 1.0 - (y2 - y1) * (x2 - x1) / (h * w)
     return x_mix, perm, float(lam_exact)
+
+
+class DeviceBatches:
+    """``--batch-augment``'s loader: the training set lives on the device as one uint8 tensor and
+    each batch is augmented whole there (``batch_crop_flip``, then ``batch_randaugment``), in the
+    order of ``sampler``; iterated like a DataLoader with ``drop_last``."""
+
+    def __init__(self, x: torch.Tensor, y: torch.Tensor, sampler, batch_size: int, randaugment: bool,
+                 device: torch.device | str = "cpu"):
+        self.x = x.contiguous().to(device)
+        self.y = y.to(device)
+        self.sampler, self.batch_size, self.randaugment = sampler, batch_size, randaugment
+
+    def __len__(self) -> int:
+        return len(self.sampler) // self.batch_size
+
+    def set_epoch(self, epoch: int) -> None:
+        self.sampler.set_epoch(epoch)
+
+    def __iter__(self):
+        order = torch.tensor(list(self.sampler), device=self.x.device)
+        for b in range(len(self)):
+            idx = order[b * self.batch_size : (b + 1) * self.batch_size]
+            x = batch_crop_flip(self.x[idx])
+            yield (batch_randaugment(x) if self.randaugment else x), self.y[idx]

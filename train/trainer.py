@@ -23,7 +23,7 @@ from tqdm import tqdm
 
 from osr.atomic import write_text_atomic
 from .adapter import InputAdapter
-from .augment import batch_crop_flip, batch_randaugment, train_transform
+from .augment import DeviceBatches, train_transform
 from .checkpoint import SCHEMA, CheckpointError, atomic_torch_save, git_commit, load_checkpoint, model_from_checkpoint
 from .config import TrainConfig
 from .data import OpenSetData, load_open_set
@@ -201,15 +201,16 @@ class Trainer:
                                        train_transform(self.data.image_size, randaugment=cfg.randaugment))
         self.sampler = DistributedSampler(self.dataset, num_replicas=self.world, rank=self.rank,
                                           shuffle=True, seed=cfg.seed, drop_last=True)
-        self.loader = DataLoader(self.dataset, batch_size=per_rank, sampler=self.sampler, drop_last=True,
-                                 num_workers=cfg.workers, pin_memory=self.device.type == "cuda",
-                                 persistent_workers=cfg.workers > 0)
+        if cfg.batch_augment:  # the whole training set lives on the device as one uint8 tensor
+            self.loader = DeviceBatches(self.dataset.x, self.dataset.y, self.sampler, per_rank, cfg.randaugment,
+                                        self.device)
+        else:
+            self.loader = DataLoader(self.dataset, batch_size=per_rank, sampler=self.sampler, drop_last=True,
+                                     num_workers=cfg.workers, pin_memory=self.device.type == "cuda",
+                                     persistent_workers=cfg.workers > 0)
         if len(self.loader) == 0:
             raise ValueError(f"batch size {per_rank} per process exceeds the {len(self.dataset)} training images")
         self.steps_per_epoch = len(self.loader)
-        if cfg.batch_augment:  # the whole training set lives on the device as one uint8 tensor
-            self.device_x = self.dataset.x.contiguous().to(self.device)
-            self.device_y = self.dataset.y.to(self.device)
         lr = cfg.lr * cfg.batch_size / 128
         groups = param_groups(self.model, pretrained_names, lr, cfg)
         self.opt = torch.optim.SGD(groups, lr=lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
@@ -270,17 +271,6 @@ class Trainer:
 
     # ------------------------------------------------------------------ loop
 
-    def _batches(self):
-        if not self.cfg.batch_augment:
-            yield from self.loader
-            return
-        order = torch.tensor(list(self.sampler), device=self.device)
-        per = self.loader.batch_size
-        for b in range(self.steps_per_epoch):
-            idx = order[b * per : (b + 1) * per]
-            x = batch_crop_flip(self.device_x[idx])
-            yield (batch_randaugment(x) if self.cfg.randaugment else x), self.device_y[idx]
-
     def train_epoch(self) -> dict:
         cfg = self.cfg
         seed_everything(cfg.seed * 100_003 + self.epoch * 1_009 + self.rank)
@@ -288,7 +278,7 @@ class Trainer:
         self.net.train()
         total, n, mixed_steps, t0 = 0.0, 0, 0, time.perf_counter()
         terms = EpochTerms()
-        bar = tqdm(self._batches(), total=self.steps_per_epoch, desc=f"epoch {self.epoch + 1}/{cfg.epochs}", disable=not self.progress,
+        bar = tqdm(self.loader, total=self.steps_per_epoch, desc=f"epoch {self.epoch + 1}/{cfg.epochs}", disable=not self.progress,
                    leave=False, dynamic_ncols=True)
         for x, y in bar:
             x = x.to(self.device, non_blocking=True)
