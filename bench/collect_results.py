@@ -58,7 +58,7 @@ def collect(root: Path = RESULTS) -> dict:
     return groups
 
 
-def fmt(values: list[float]) -> str:
+def mean_std(values: list[float]) -> str:
     if len(values) == 1:
         return f"{values[0]:.4f}"
     return f"{statistics.mean(values):.4f} ± {statistics.stdev(values):.4f}"
@@ -96,10 +96,10 @@ def _tables(groups: dict, against: tuple[str, ...]) -> list[str]:
         lines += [f"### {group}", "", "| method | runs | " + " | ".join(c[1] for c in COLUMNS)
                   + " | " + " | ".join(deltas) + " |", "|---|---|" + "---|" * (len(COLUMNS) + 2 * len(against))]
         for label, runs in sorted(methods.items()):
-            cells = [fmt([r[k] for r in runs]) for k, _ in COLUMNS]
+            cells = [mean_std([r[k] for r in runs]) for k, _ in COLUMNS]
             for a in against:
                 d = paired_deltas(methods, label, a)
-                cells += [fmt(d["accuracy"]), fmt(d["auroc"])] if d else ["", ""]
+                cells += [mean_std(d["accuracy"]), mean_std(d["auroc"])] if d else ["", ""]
             lines.append(f"| {label} | {len(runs)} | " + " | ".join(cells) + " |")
         lines.append("")
     return lines

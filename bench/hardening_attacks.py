@@ -32,16 +32,10 @@ from pathlib import Path
 
 import httpx
 import numpy as np
-from perf_common import ROOT, save
+from perf_common import ROOT, free_port, save
 
 DEADLINE_S = 2.0
 WAIT_S = 8.0  # how long a client waits before calling the request "never answered"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def status_of(read: callable) -> str:

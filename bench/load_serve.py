@@ -23,7 +23,6 @@ import platform
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -32,15 +31,9 @@ import time
 from pathlib import Path
 
 import httpx
-from perf_common import latency_ms
+from perf_common import free_port, latency_ms
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def tree_rss_mb(pid: int) -> float:

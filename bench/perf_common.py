@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import socket
 import statistics
 import subprocess
 import sys
@@ -38,6 +39,13 @@ def single_model_repository(name: str, parent: Path) -> Path:
     if not link.exists():
         link.symlink_to(REPOSITORY / name, target_is_directory=True)
     return repository
+
+
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 right now (servers started by the benchmarks bind only there)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def machine() -> dict:

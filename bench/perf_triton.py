@@ -17,7 +17,6 @@ import io
 import os
 import re
 import signal
-import socket
 import subprocess
 import tempfile
 import threading
@@ -31,16 +30,10 @@ import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 from PIL import Image
 
-from perf_common import MODELS, REPOSITORY, ROOT, cifar_jpegs, latency_ms, rate, save, summary
+from perf_common import MODELS, REPOSITORY, ROOT, cifar_jpegs, free_port, latency_ms, rate, save, summary
 
 RUN_LOCAL = ROOT / "serve" / "triton_backend" / "run_local.sh"
 OUTPUTS = ("logits", "score", "label", "p_value")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def start_triton(venv: Path, log_path: Path) -> tuple[subprocess.Popen, dict[str, str]]:
