@@ -19,6 +19,8 @@ import shutil
 import signal
 import sys
 import tempfile
+import types
+import typing
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -35,7 +37,13 @@ PROTOCOL = "osr.serve.http_protocol:GuardedHttpToolsProtocol"  # header deadline
 API_KEY_ENV = "OSR_API_KEY"
 
 
+# How a default reads in --help where its value alone says little.
+_SHOWN_DEFAULTS = {"max_body_bytes": "20 MiB", "max_json_bytes": "4 MiB", "max_header_bytes": "64 KiB"}
+
+
 def build_parser() -> argparse.ArgumentParser:
+    """One flag per Settings field (its description and default are the help), so the CLI, the
+    OSR_* environment and the validation cannot drift apart; the API key comes from a file."""
     parser = argparse.ArgumentParser(
         prog="osr-serve",
         description="Serve an exported osr model over HTTP: /v1/classify, Open Inference Protocol v2 (/v2), "
@@ -43,39 +51,23 @@ def build_parser() -> argparse.ArgumentParser:
                     "environment variable (e.g. OSR_MODEL_REPOSITORY, OSR_API_KEY).",
     )
     add = parser.add_argument
-    add("--model-repository", type=Path,
-        help="model repository written by osr-export (default: the bundled model_repository/)")
-    add("--model", help="model name (default: the only model in the repository)")
-    add("--version", type=int, help="model version (default: the newest)")
-    add("--triton-url", help="run inference on this Triton server (host:port) instead of in-process (default: "
-                             "none, onnxruntime in-process)")
-    add("--triton-protocol", choices=["http", "grpc"], help="protocol for --triton-url (default http)")
-    add("--threads", type=int, help="onnxruntime intra-op threads per worker (default: onnxruntime's with one "
-                                    "worker, CPUs / workers with several)")
-    add("--host", help="bind address (default 127.0.0.1)")
-    add("--port", type=int, help="port (default 8000)")
-    add("--workers", type=int, help="uvicorn worker processes (default 1)")
-    add("--graceful-shutdown-s", type=float, help="seconds in-flight requests get after SIGTERM (default 30)")
-    add("--log-level", choices=["critical", "error", "warning", "info", "debug", "trace"],
-        help="uvicorn log level (default info)")
-    add("--max-body-bytes", type=int, help="largest request body (default 20 MiB)")
-    add("--max-pixels", type=int, help="largest decoded image in pixels (default 40000000)")
-    add("--max-files", type=int, help="most files per /v1/classify request (default 64)")
-    add("--default-top-k", type=int, help="classes listed per image when the request does not say (default 5)")
-    add("--max-batch", type=int, help="dynamic batching: most images per inference call (default 32)")
-    add("--max-wait-ms", type=float, help="dynamic batching: longest wait for more requests (default 2)")
-    add("--max-json-bytes", type=int, help="largest JSON part of an OIP inference request (default 4 MiB)")
-    add("--max-header-bytes", type=int, help="largest request line plus headers, else 431 (default 64 KiB)")
-    add("--header-timeout-s", type=float, help="seconds for a request's line and headers to arrive, else 408 "
-                                               "(default 10)")
-    add("--body-timeout-s", type=float, help="seconds for a request's body to arrive after its headers, else 408 "
-                                             "(default 60)")
+    for name, field in Settings.model_fields.items():
+        if name == "api_key":  # never on the command line (ps shows it): --api-key-file below
+            continue
+        flag, text = "--" + name.replace("_", "-"), field.description or name.replace("_", " ")
+        optional = typing.get_origin(field.annotation) in (typing.Union, types.UnionType)
+        kind = typing.get_args(field.annotation)[0] if optional else field.annotation
+        if "default" not in text and kind is not bool:
+            text += f" (default {_SHOWN_DEFAULTS.get(name, field.default)})"
+        if kind is bool:
+            add(flag, action="store_true", default=None, help=text)
+        elif typing.get_origin(kind) is typing.Literal:
+            add(flag, choices=typing.get_args(kind), help=text)
+        else:
+            add(flag, type=kind, help=text)
     add("--api-key-file", type=Path,
         help="file holding the API key (or set OSR_API_KEY; a key on the command line would show in ps); "
              "default: none, no key needed; an empty file refuses to start")
-    add("--protect-all", action="store_true", default=None,
-        help="the API key also guards /metrics, /docs, /redoc, /openapi.json and the demo page "
-             "(health probes stay open); needs a key")
     return parser
 
 

@@ -23,18 +23,20 @@ class Settings(BaseSettings):
         default_factory=default_model_repository,
         description="model repository written by osr-export (default: the bundled model_repository/)",
     )
-    model: str | None = Field(None, description="model name in the repository (default: the only model)")
+    model: str | None = Field(None, description="model name in the repository (default: the only model, or the "
+                              "one named in the repository's DEFAULT_MODEL file)")
     version: int | None = Field(None, ge=1, description="model version (default: the newest)")
-    triton_url: str | None = Field(None, description="run inference on this Triton server instead of in-process")
-    triton_protocol: Literal["http", "grpc"] = "http"
+    triton_url: str | None = Field(None, description="run inference on this Triton server (host:port) instead of "
+                                   "in-process (default: none, onnxruntime in-process)")
+    triton_protocol: Literal["http", "grpc"] = Field("http", description="protocol for --triton-url")
     threads: int | None = Field(None, ge=1, description="onnxruntime intra-op threads per worker (default: "
                                 "onnxruntime's with one worker, CPUs / workers with several)")
 
-    host: str = "127.0.0.1"
-    port: int = Field(8000, ge=0, le=65535)
-    workers: int = Field(1, ge=1, le=64)
+    host: str = Field("127.0.0.1", description="bind address")
+    port: int = Field(8000, ge=0, le=65535, description="port")
+    workers: int = Field(1, ge=1, le=64, description="uvicorn worker processes")
     graceful_shutdown_s: float = Field(30.0, ge=0, description="time in-flight requests get after SIGTERM")
-    log_level: Literal["critical", "error", "warning", "info", "debug", "trace"] = "info"
+    log_level: Literal["critical", "error", "warning", "info", "debug", "trace"] = Field("info", description="uvicorn log level")
 
     max_body_bytes: int = Field(20 * MIB, ge=1, description="largest request body, multipart or OIP "
                                 "(after decompression for OIP)")
@@ -46,7 +48,7 @@ class Settings(BaseSettings):
     api_key: SecretStr | None = Field(None, description="when set, /v1 and the /v2 model routes need this key "
                                       "(compared as UTF-8 bytes); given but blank refuses to start")
     protect_all: bool = Field(False, description="the API key also guards /metrics, /docs, /redoc, /openapi.json "
-                              "and every other route except the health probes")
+                              "and every other route (the demo page too) except the health probes; needs a key")
 
     header_timeout_s: float = Field(10.0, gt=0, description="a request's line and headers must arrive within this "
                                     "time of its first byte (or of the connection opening): else 408, closed")
