@@ -100,3 +100,16 @@ def test_onnx_export_dynamic_batch_and_parity(tmp_path: Path) -> None:
     different = OsrGraph(ChannelMeans(scale=3.5), MEAN, STD, 3, [0.1, 0.6, 0.3], calibration, "msp")
     with pytest.raises(ParityError, match="max \\|logits diff\\|"):
         verify_onnx(different, path, images)
+
+
+def test_training_evaluation_and_the_exported_graph_give_the_same_logits() -> None:
+    """osr-train's metrics (predict_logits) and the served graph see an image the same way: the
+    same normalisation of the same uint8 pixels, so the report's numbers are the training run's."""
+    from osr.train.trainer import Normalize, predict_logits
+
+    images = _images(16)
+    model = ChannelMeans()
+    trained = predict_logits(model, Normalize(MEAN, STD), images, torch.device("cpu"))
+    graph = OsrGraph(model, MEAN, STD, 3, [0.0], np.zeros(10), "max_logit")
+    np.testing.assert_allclose(trained, run_torch(graph, images)["logits"], rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(trained, _reference_logits(images), rtol=1e-4, atol=1e-4)

@@ -206,3 +206,13 @@ def test_mixed_step_draw_is_repeatable():
         np.random.seed(1)
         out.append(Step(cfg, 4, teacher)(student, x, y, mixed=True)[0])
     torch.testing.assert_close(out[0], out[1], rtol=0, atol=0)
+
+
+def test_lr_schedule_known_answers():
+    """Linear warm-up over warmup_epochs, then x lr_gamma at 30 %, 60 % and 80 % of the steps."""
+    from osr.train.trainer import lr_factor
+
+    cfg = TrainConfig(epochs=10, warmup_epochs=1.0, lr_milestones=(0.3, 0.6, 0.8), lr_gamma=0.2)
+    factors = {step: lr_factor(step, 100, cfg) for step in (0, 49, 99, 100, 299, 300, 599, 600, 799, 800, 999)}
+    assert factors == pytest.approx({0: 0.01, 49: 0.5, 99: 1.0, 100: 1.0, 299: 1.0, 300: 0.2, 599: 0.2,
+                                     600: 0.04, 799: 0.04, 800: 0.008, 999: 0.008})
