@@ -13,7 +13,7 @@ synthetic batches (the pixels do not change the time) with the GPU options added
     compile        + --compile (ResNet-18 CE and the teacher only: compiling takes about a minute each)
 
 and projects epoch seconds = steps per epoch x median step time (CutMix/KD/AD alternate ordinary
-and mixed steps, p_mix 0.5), plus one evaluation of the 10,000 test images. ``--procs K`` then runs
+and mixed steps, p_mix 0.5), plus one evaluation of the 10,000 test images (osr-train's predict_logits). ``--procs K`` then runs
 K copies of one case at once (runs sharing the GPU, as the grid does) and sums their images/s.
 Results are written after every case, so a lease that ends early keeps what was measured.
 
@@ -31,12 +31,14 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from osr.train.augment import batch_crop_flip
 from osr.train.config import TrainConfig
 from osr.train.models import build_model
 from osr.train.steps import Step
+from osr.train.trainer import Normalize, predict_logits
 
 sys.path.insert(0, str(Path(__file__).parent))
 from train_step_speed import make_runner  # noqa: E402  (bench/ is the script's folder)
@@ -69,7 +71,8 @@ def time_case(dataset: str, run: str, option: str, device: torch.device, batch_s
         images = torch.randint(0, 256, (batch_size, 3, size, size), dtype=torch.uint8, device=device)
         batch = lambda: (batch_crop_flip(images).float() / 255).contiguous(memory_format=fmt)  # noqa: E731
     else:
-        host = torch.rand(batch_size, 3, size, size).pin_memory() if device.type == "cuda" else torch.rand(batch_size, 3, size, size)
+        host = torch.rand(batch_size, 3, size, size)
+        host = host.pin_memory() if device.type == "cuda" else host
         batch = lambda: host.to(device, non_blocking=True).contiguous(memory_format=fmt)  # noqa: E731
     step = Step(cfg, k, teacher)
     kinds = [False, True] if mix != "none" else [False]  # p_mix 0.5: ordinary and mixed steps alike
@@ -82,7 +85,7 @@ def time_case(dataset: str, run: str, option: str, device: torch.device, batch_s
     warmup_s = time.perf_counter() - t0
     med = {m: statistics.median(runners[m]() for _ in range(steps)) for m in kinds}
     step_s = statistics.mean(med.values())
-    eval_s = time_eval(student, k, size, device, "bf16" in on, fmt, eval_images)
+    eval_s = time_eval(student, size, device, "bf16" in on and device.type == "cuda", eval_images)
     steps_per_epoch = n_train // batch_size
     return {"dataset": dataset, "run": run, "option": option, "batch_size": batch_size,
             "step_ms": {("mixed" if m else "ordinary"): round(1e3 * v, 2) for m, v in med.items()},
@@ -91,23 +94,16 @@ def time_case(dataset: str, run: str, option: str, device: torch.device, batch_s
             "epoch_s_with_eval": round(steps_per_epoch * step_s + eval_s, 2), "warmup_s": round(warmup_s, 1)}
 
 
-@torch.no_grad()
-def time_eval(model, k: int, size: int, device: torch.device, amp: bool, fmt, images: int) -> float:
-    """Seconds for one forward pass over ``images`` images (the test sets hold 10,000), batch 1000."""
-    batch = min(1000, images)
-    model.eval()
-    x = torch.rand(batch, 3, size, size, device=device).contiguous(memory_format=fmt)
-    ctx = torch.autocast("cuda", dtype=torch.bfloat16) if amp and device.type == "cuda" else torch.autocast("cpu", enabled=False)
-    with ctx:
-        model(x)  # warm-up
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        t0 = time.perf_counter()
-        for _ in range(images // batch):
-            model(x)
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-    model.train()
+def time_eval(model, size: int, device: torch.device, amp: bool, images: int) -> float:
+    """Seconds for osr-train's own evaluation pass (``predict_logits``, batch 512) over ``images``
+    uint8 images (the test sets hold 10,000), after one warm-up batch."""
+    x = np.random.default_rng(0).integers(0, 256, (images, size, size, 3), dtype=np.uint8)
+    norm = Normalize([0.5] * 3, [0.5] * 3).to(device)
+    predict_logits(model, norm, x[:512], device, amp=amp)
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    predict_logits(model, norm, x, device, amp=amp)  # ends with a copy to the host: synchronised
     return time.perf_counter() - t0
 
 
