@@ -23,13 +23,13 @@ from torch import nn
 from osr.train.checkpoint import load_checkpoint, model_from_checkpoint
 from osr.train.data import open_set_from_config
 from osr.train.metrics import auroc, known_score
-from osr.train.pretrained import _head_name
+from osr.train.pretrained import head_name
 from osr.train.trainer import Normalize
 
 
 @torch.no_grad()
 def features_and_logits(model: nn.Module, norm: Normalize, x: np.ndarray, batch: int = 256, flip: bool = False):
-    head = model.get_submodule(_head_name(model))
+    head = model.get_submodule(head_name(model))
     captured = []
     hook = head.register_forward_hook(lambda m, inp, out: captured.append(inp[0].float()))
     logits = []

@@ -22,7 +22,9 @@ import numpy as np
 
 # The score names without torch (osr.export.graph has the same tuple; tests/test_cli_help.py checks),
 # so --help and argument errors answer at once.
-from osr.train.choices import SCORES as SCORE_FUNCTIONS
+from osr.train.choices import EXPORT_SCORES as SCORE_FUNCTIONS
+from osr.train.choices import KNN_DEFAULT_BANK_PER_CLASS as DEFAULT_BANK_PER_CLASS
+from osr.train.choices import KNN_DEFAULT_K as DEFAULT_K
 
 log = logging.getLogger("osr.export")
 
@@ -65,7 +67,17 @@ def build_parser() -> argparse.ArgumentParser:
         "--score",
         choices=SCORE_FUNCTIONS,
         default="max_logit",
-        help="known-ness score the threshold applies to (default: max_logit)",
+        help="known-ness score the threshold applies to (default: max_logit); knn: cosine similarity of the "
+        "head's input features to the k-th nearest of a bank of training features carried in the graph "
+        "(Sun et al. 2022)",
+    )
+    parser.add_argument("--knn-k", type=int, default=DEFAULT_K, help=f"--score knn: k (default {DEFAULT_K})")
+    parser.add_argument(
+        "--knn-bank-per-class",
+        type=int,
+        default=DEFAULT_BANK_PER_CLASS,
+        help=f"--score knn: training images per class in the graph's feature bank (default {DEFAULT_BANK_PER_CLASS}; "
+        "the bank adds images x features x 2 bytes to model.onnx)",
     )
     parser.add_argument("--int8", action="store_true", help="also write a statically quantised <name>-int8 model")
     parser.add_argument(
@@ -162,6 +174,8 @@ def inputs_from_checkpoint(ckpt: dict, data_root: Path | None):
         test_known_y=np.asarray(data.test_known_y),
         test_unknown_x=data.test_unknown_x,
         quantization_x=_sample(data.train_x, 256, seed=0),
+        train_x=data.train_x,
+        train_y=np.asarray(data.train_y),
         provenance=provenance,
     )
 
@@ -179,6 +193,10 @@ def _validate(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None
         parser.error("--tensorrt-fp16 needs --tensorrt or --tensorrt-accelerator")
     if args.max_batch_size < 1:
         parser.error("--max-batch-size must be >= 1")
+    if args.knn_k < 1 or args.knn_bank_per_class < 1:
+        parser.error("--knn-k and --knn-bank-per-class must be >= 1")
+    if args.score != "knn" and (args.knn_k != DEFAULT_K or args.knn_bank_per_class != DEFAULT_BANK_PER_CLASS):
+        parser.error("--knn-k and --knn-bank-per-class apply to --score knn only")
 
 
 def run(args: argparse.Namespace) -> Path:
@@ -203,6 +221,8 @@ def run(args: argparse.Namespace) -> Path:
         confidence=args.confidence,
         per_class=args.per_class,
         score_function=args.score,
+        knn_k=args.knn_k,
+        knn_bank_per_class=args.knn_bank_per_class,
         int8=args.int8,
         tensorrt=args.tensorrt,
         tensorrt_fp16=args.tensorrt_fp16,

@@ -13,9 +13,12 @@ import numpy as np
 import torch
 from torch import nn
 
+from osr.export.feature_bank import knn_similarity
 from osr.export.manifest import INPUT_NAME, OUTPUT_NAMES
+from osr.train.choices import KNN_DEFAULT_K
 
-SCORE_FUNCTIONS: tuple[str, ...] = ("max_logit", "msp", "energy")
+LOGIT_SCORES: tuple[str, ...] = ("max_logit", "msp", "energy")
+SCORE_FUNCTIONS: tuple[str, ...] = LOGIT_SCORES + ("knn",)  # = osr.train.choices.EXPORT_SCORES
 OPSET = 18
 PARITY_TOLERANCE = 1e-4
 
@@ -32,7 +35,7 @@ def torch_known_score(logits: torch.Tensor, kind: str) -> torch.Tensor:
         return torch.softmax(logits, dim=1).max(dim=1).values
     if kind == "energy":
         return torch.logsumexp(logits, dim=1)
-    raise ValueError(f"unknown score function {kind!r}; valid: {', '.join(SCORE_FUNCTIONS)}")
+    raise ValueError(f"unknown logit score {kind!r}; valid: {', '.join(LOGIT_SCORES)}")
 
 
 class OsrGraph(nn.Module):
@@ -41,6 +44,11 @@ class OsrGraph(nn.Module):
     forward(images uint8 [N, S, S, 3] RGB) -> (logits [N, K] float32, score [N] float32,
     label [N] int64 (argmax, or -1 when score < the argmax class's threshold),
     p_value [N] float32 = (1 + #{calibration scores <= score}) / (n_cal + 1)).
+
+    score_function "knn" needs the model cut at its classifier head (osr.export.feature_bank.split_head):
+    ``model`` is then the body (images -> features) and ``head`` the features -> logits layer; the
+    score is the features' cosine similarity to their ``knn_k``-th nearest row of ``feature_bank``
+    (unit rows, stored as float16). The other score functions read the logits.
     """
 
     def __init__(
@@ -52,6 +60,9 @@ class OsrGraph(nn.Module):
         threshold: float | Sequence[float],
         calibration_scores: Sequence[float] | np.ndarray,
         score_function: str = "max_logit",
+        head: nn.Module | None = None,
+        feature_bank: np.ndarray | None = None,
+        knn_k: int = KNN_DEFAULT_K,
     ) -> None:
         super().__init__()
         if score_function not in SCORE_FUNCTIONS:
@@ -59,6 +70,8 @@ class OsrGraph(nn.Module):
         self.model = model.eval()
         self.score_function = score_function
         self.num_classes = num_classes
+        self.head = head.eval() if head is not None else None
+        self.knn_k = int(knn_k)
         thresholds = np.broadcast_to(np.asarray(threshold, dtype=np.float32), (num_classes,)).copy()
         calibration = np.sort(np.asarray(calibration_scores, dtype=np.float32).ravel())
         if calibration.size == 0:
@@ -67,12 +80,30 @@ class OsrGraph(nn.Module):
         self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1))
         self.register_buffer("class_thresholds", torch.from_numpy(thresholds))
         self.register_buffer("calibration_scores", torch.from_numpy(calibration))
+        if (score_function == "knn") != (head is not None):
+            raise ValueError("score function knn needs the model split at its head (model = body, head = ...), "
+                             "and only knn takes a head")
+        if head is not None:
+            if feature_bank is None or len(feature_bank) == 0:
+                raise ValueError("score function knn needs a feature bank (osr.export.feature_bank.build_bank)")
+            if not 1 <= self.knn_k <= len(feature_bank):
+                raise ValueError(f"knn k must be in [1, {len(feature_bank)}] (the bank's size), got {self.knn_k}")
+            self.register_buffer("feature_bank", torch.from_numpy(np.asarray(feature_bank, dtype=np.float16)))
+
+    def normalise(self, images: torch.Tensor) -> torch.Tensor:
+        """uint8 NHWC -> the model's normalised float NCHW input."""
+        x = images.permute(0, 3, 1, 2).to(torch.float32) / 255.0
+        return (x - self.mean) / self.std
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        x = images.permute(0, 3, 1, 2).to(torch.float32) / 255.0
-        x = (x - self.mean) / self.std
-        logits = self.model(x)
-        score = torch_known_score(logits, self.score_function)
+        x = self.normalise(images)
+        if self.head is None:
+            logits = self.model(x)
+            score = torch_known_score(logits, self.score_function)
+        else:
+            features = self.model(x)
+            logits = self.head(features)
+            score = knn_similarity(features, self.feature_bank, self.knn_k)
         predicted = logits.argmax(dim=1)
         unknown = score < self.class_thresholds[predicted]
         label = torch.where(unknown, torch.full_like(predicted, -1), predicted)

@@ -223,7 +223,8 @@ def export_int8_variant(
             options.score_function,
             metrics,
             self_check,
-            extra={"variant_of": base["name"], "variant": "int8", "int8": int8_record},
+            extra={"variant_of": base["name"], "variant": "int8", "int8": int8_record,
+                   **{key: base[key] for key in ("knn",) if key in base}},
         )
         write_manifest(staging, manifest)
     write_triton_configs(Path(options.repository) / name, manifest, options)

@@ -11,6 +11,7 @@ import hashlib
 import json
 import logging
 import platform
+import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,6 +21,7 @@ import torch
 from torch import nn
 
 from osr.export import conformal
+from osr.export.feature_bank import build_bank, split_head
 from osr.export.graph import OsrGraph, export_onnx, input_specs, output_specs, run_torch, verify_onnx
 from osr.export.manifest import RESIZE_RULE, SCHEMA_VERSION, sha256_file, write_manifest
 from osr.export.repository import (
@@ -30,6 +32,7 @@ from osr.export.repository import (
     version_writer,
     write_model_configs,
 )
+from osr.train.choices import KNN_DEFAULT_BANK_PER_CLASS, KNN_DEFAULT_K
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +57,8 @@ class ExportInputs:
     test_known_y: np.ndarray | None = None
     test_unknown_x: np.ndarray | None = None
     quantization_x: np.ndarray | None = None  # training images for int8 activation ranges
+    train_x: np.ndarray | None = None  # training images (and labels) for the kNN score's feature bank
+    train_y: np.ndarray | None = None
     provenance: dict = field(default_factory=dict)
 
 
@@ -66,6 +71,8 @@ class ExportOptions:
     confidence: float | None = None  # None: split conformal; else PAC with this confidence
     per_class: bool = False
     score_function: str = "max_logit"
+    knn_k: int = KNN_DEFAULT_K
+    knn_bank_per_class: int = KNN_DEFAULT_BANK_PER_CLASS
     int8: bool = False
     tensorrt: bool = False
     tensorrt_fp16: bool = False
@@ -114,9 +121,35 @@ def config_digest(config: dict) -> str:
     return hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()
 
 
-def calibration_scores(model: nn.Module, inputs: ExportInputs, score_function: str) -> tuple[np.ndarray, np.ndarray]:
+def score_parts(model: nn.Module, inputs: ExportInputs, options: ExportOptions) -> dict[str, Any]:
+    """OsrGraph's score arguments: the score function, and for knn the model cut at its head and
+    the feature bank of the training images (features computed exactly as the graph does)."""
+    if options.score_function != "knn":
+        return {"model": model, "score_function": options.score_function}
+    if inputs.train_x is None or inputs.train_y is None:
+        raise ValueError("--score knn needs the run's training images for its feature bank")
+    probe = OsrGraph(model, inputs.mean, inputs.std, len(inputs.classes), 0.0, [0.0])
+    body, head = split_head(model, probe.normalise(torch.from_numpy(inputs.calib_x[:2])))
+    log.info("building the kNN feature bank (up to %d training images per class)", options.knn_bank_per_class)
+    bank = build_bank(lambda batch: body(probe.normalise(batch)), inputs.train_x, inputs.train_y,
+                      options.knn_bank_per_class)
+    return {"model": body, "score_function": "knn", "head": head, "feature_bank": bank, "knn_k": options.knn_k}
+
+
+def knn_record(parts: dict[str, Any], options: ExportOptions) -> dict:
+    """The manifest's "knn" entry (empty for the logit scores)."""
+    if parts["score_function"] != "knn":
+        return {}
+    bank = parts["feature_bank"]
+    return {"knn": {"k": int(parts["knn_k"]), "bank_size": int(bank.shape[0]), "feature_dim": int(bank.shape[1]),
+                    "bank_per_class": int(options.knn_bank_per_class), "bank_dtype": str(bank.dtype),
+                    "bank_source": "training images of the run, drawn per class with seed 0"}}
+
+
+def calibration_scores(inputs: ExportInputs, parts: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
     """Scores (float32, as the graph computes them) and argmax classes of the calibration images."""
-    probe = OsrGraph(model, inputs.mean, inputs.std, len(inputs.classes), 0.0, [0.0], score_function)
+    probe = OsrGraph(mean=inputs.mean, std=inputs.std, num_classes=len(inputs.classes), threshold=0.0,
+                     calibration_scores=[0.0], **parts)
     outputs = run_torch(probe, inputs.calib_x)
     return outputs["score"], outputs["logits"].argmax(axis=1)
 
@@ -228,8 +261,9 @@ def export_to_repository(inputs: ExportInputs, options: ExportOptions) -> Export
 
     model = inputs.model.eval()
     num_classes = len(inputs.classes)
+    parts = score_parts(model, inputs, options)
     log.info("scoring %d calibration images", len(inputs.calib_x))
-    scores, predicted = calibration_scores(model, inputs, options.score_function)
+    scores, predicted = calibration_scores(inputs, parts)
     threshold = conformal.calibrate(
         scores,
         options.alpha,
@@ -238,7 +272,8 @@ def export_to_repository(inputs: ExportInputs, options: ExportOptions) -> Export
         num_classes=num_classes,
     )
     graph = OsrGraph(
-        model, inputs.mean, inputs.std, num_classes, threshold.class_thresholds, scores, options.score_function
+        mean=inputs.mean, std=inputs.std, num_classes=num_classes, threshold=threshold.class_thresholds,
+        calibration_scores=scores, **parts
     )
     result = ExportResult(
         version_dir=repository / options.name / str(version),
@@ -253,7 +288,8 @@ def export_to_repository(inputs: ExportInputs, options: ExportOptions) -> Export
         parity = verify_onnx(graph, model_path, parity_sample(inputs, options.parity_images))
         metrics = report_metrics(model_path, staging / REPORT_DIR, inputs, threshold, options)
         manifest = build_manifest(
-            options.name, version, model_path, inputs, threshold, options.score_function, metrics, parity
+            options.name, version, model_path, inputs, threshold, options.score_function, metrics, parity,
+            extra=knn_record(parts, options),
         )
         write_manifest(staging, manifest)
         result.manifest = manifest
@@ -297,4 +333,43 @@ def report_metrics(
         test_unknown_x=inputs.test_unknown_x,
         score_function=options.score_function,
         provenance=inputs.provenance,
+        score_note=score_note(options),
+        export_command=export_command(inputs.provenance, options),
     )
+
+
+SCORE_NOTES = {
+    "max_logit": "the largest logit (higher = more known)",
+    "msp": "the largest softmax probability (higher = more known)",
+    "energy": "logsumexp of the logits (higher = more known)",
+}
+
+
+def score_note(options: ExportOptions) -> str:
+    """One phrase saying what the exported score is."""
+    if options.score_function == "knn":
+        return (f"cosine similarity of the classifier head's input features to their {options.knn_k}-th nearest "
+                f"training feature (a float16 bank of up to {options.knn_bank_per_class} training images per class "
+                "inside the graph; Sun et al. 2022); higher = more known")
+    return SCORE_NOTES[options.score_function]
+
+
+def export_command(provenance: dict, options: ExportOptions) -> str:
+    """The osr-export line that rebuilds this export from its checkpoint ("" when none is known)."""
+    checkpoint = provenance.get("checkpoint")
+    if not checkpoint:
+        return ""
+    path = Path(checkpoint)
+    words = ["osr-export", str(path.parent if path.name == "checkpoint.pt" else path), "--repository", str(options.repository),
+             "--name", options.name, "--alpha", f"{options.alpha:g}"]
+    if options.confidence is not None:
+        words += ["--confidence", f"{options.confidence:g}"]
+    if options.per_class:
+        words.append("--per-class")
+    if options.score_function != "max_logit":
+        words += ["--score", options.score_function]
+    if options.score_function == "knn":
+        words += ["--knn-k", str(options.knn_k), "--knn-bank-per-class", str(options.knn_bank_per_class)]
+    if options.int8:
+        words.append("--int8")
+    return shlex.join(words)

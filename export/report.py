@@ -203,8 +203,11 @@ def write_report(
     test_unknown_x: np.ndarray | None,
     score_function: str = "max_logit",
     provenance: dict | None = None,
+    score_note: str = "",
+    export_command: str = "",
 ) -> dict:
-    """Write report.json, report.md and the PNG plots into report_dir; return the metrics."""
+    """Write report.json, report.md and the PNG plots into report_dir; return the metrics.
+    ``score_note`` says what the score is; ``export_command`` is the osr-export line that wrote it."""
     report_dir = Path(report_dir)
     report_dir.mkdir(parents=True, exist_ok=True)
     metrics, raw = compute_report(
@@ -213,8 +216,13 @@ def write_report(
     figures = _plots(raw, threshold, report_dir)
     metrics["figures"] = [file for _, file in figures]
     (report_dir / "report.json").write_text(json.dumps(metrics, indent=2) + "\n", encoding="utf-8")
-    (report_dir / "report.md").write_text(_markdown(metrics, figures) + _training_section(provenance or {}),
-                                          encoding="utf-8")
+    text = _markdown(metrics, figures)
+    if score_note:
+        text = text.replace("\n\n## Threshold", f"\n\nScore: {score_note}.\n\n## Threshold", 1)
+    text += _training_section(provenance or {})
+    if export_command:
+        text += f"\nExported with:\n\n```bash\n{export_command}\n```\n"
+    (report_dir / "report.md").write_text(text, encoding="utf-8")
     return metrics
 
 

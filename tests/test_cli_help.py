@@ -54,7 +54,7 @@ def test_the_choices_agree_with_what_implements_them() -> None:
 
     assert models.ARCHS == choices.ARCHS and models.SCRATCH_ARCHS == choices.SCRATCH_ARCHS
     assert tuple(pretrained.PRETRAINED_ARCHS) == choices.PRETRAINED_ARCH_NAMES
-    assert metrics.SCORES == choices.SCORES and tuple(SCORE_FUNCTIONS) == choices.SCORES
+    assert metrics.SCORES == choices.SCORES and tuple(SCORE_FUNCTIONS) == choices.EXPORT_SCORES
     assert data.DATASETS == choices.DATASETS and set(choices.DEFAULT_IMAGE_SIZE) == set(choices.DATASETS)
 
 

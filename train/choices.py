@@ -22,5 +22,11 @@ ARCHS: tuple[str, ...] = SCRATCH_ARCHS + PRETRAINED_ARCH_NAMES
 METHODS: tuple[str, ...] = ("ce", "kd", "ad")
 MIXES: tuple[str, ...] = ("none", "mixup", "cutmix")
 SCORES: tuple[str, ...] = ("max_logit", "msp", "energy")
+# osr-export --score: the logit scores, and kNN on the head's input features (osr.export.graph).
+EXPORT_SCORES: tuple[str, ...] = SCORES + ("knn",)
+# --score knn defaults, chosen on held-out known images and training images of the unknown classes
+# of CIFAR-10 split 0 for the bundled model (docs/results.md): k, and training images per class in the bank.
+KNN_DEFAULT_K = 20
+KNN_DEFAULT_BANK_PER_CLASS = 300
 INPUT_NORMS: tuple[str, ...] = ("auto", "data", "imagenet", "half")
 AD_LEARNABLE_TARGETS: tuple[str, ...] = ("raw", "mixed", "lam", "none")

@@ -125,7 +125,7 @@ def _align_by_order(model: nn.Module, state: dict[str, torch.Tensor]) -> dict[st
         return state
     if len(state) != len(own):
         raise PretrainedError(f"the weights hold {len(state)} tensors, the model {len(own)}: not the same network")
-    renamed, head = {}, _head_name(model)
+    renamed, head = {}, head_name(model)
     for (theirs, tensor), (mine, target) in zip(state.items(), own.items()):
         if tensor.shape != target.shape and mine.rsplit(".", 1)[0] != head:
             raise PretrainedError(f"tensor {theirs} {tuple(tensor.shape)} does not fit {mine} {tuple(target.shape)}")
@@ -139,7 +139,7 @@ def _load_all_but_head(model: nn.Module, state: dict[str, torch.Tensor], source:
     missing = [k for k in own if k not in fitting]
     params = dict(model.named_parameters())
     # Only the head may be left out: its parameters are the only ones with no pretrained value.
-    head = _head_name(model)
+    head = head_name(model)
     not_head = [k for k in missing if k.rsplit(".", 1)[0] != head]
     if not_head:
         raise PretrainedError(f"--pretrained {source}: {len(not_head)} tensors did not load, e.g. {not_head[:3]}")
@@ -153,7 +153,7 @@ def _load_all_but_head(model: nn.Module, state: dict[str, torch.Tensor], source:
     return {k for k in fitting if k in params}
 
 
-def _head_name(model: nn.Module) -> str | None:
+def head_name(model: nn.Module) -> str | None:
     """The name of the final Linear layer (the classifier head), or None."""
     return next((name for name, module in reversed(list(model.named_modules())) if isinstance(module, nn.Linear)),
                 None)
