@@ -4,7 +4,7 @@
 
 Starts osr-serve in-process on a free 127.0.0.1 port with the bundled model, opens the page in
 Debian's chromium (Playwright's Python package drives it; no browser download: apt-get install
-chromium), picks samples/airplane.jpg, samples/cat.jpg and a flat grey image (which the bundled
+chromium), picks samples/airplane.jpg, ship.jpg, cat.jpg and a flat grey image (which the bundled
 model flags unknown, so the screenshot shows that case too), waits for their result cards, checks
 the rendered classes against /v1/classify, and writes the screenshot. Every request to another
 host is blocked and reported. tests/test_demo_page.py runs the same functions.
@@ -30,7 +30,7 @@ ROOT = Path(__file__).resolve().parents[1]
 CHROMIUM = os.environ.get("OSR_CHROMIUM", "/usr/bin/chromium")
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
                  "--disable-component-update", "--disable-sync", "--no-first-run"]
-SAMPLES = [ROOT / "samples" / "airplane.jpg", ROOT / "samples" / "cat.jpg"]
+SAMPLES = [ROOT / "samples" / name for name in ("airplane.jpg", "ship.jpg", "cat.jpg")]
 
 
 def grey_image(folder: Path) -> Path:

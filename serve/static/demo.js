@@ -71,6 +71,7 @@ function renderCard(card) {
     ["test closed-set accuracy", pct(test.accuracy)],
     ["test unknowns flagged unknown", pct(test.unknown_rejected_rate)],
     ["calibration images", card.n_calibration],
+    ["score (higher = more known)", card.score_function],
     ["input", `${card.image_size} x ${card.image_size} RGB`],
   ];
   for (const [term, value] of rows) {
