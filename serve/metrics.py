@@ -23,8 +23,10 @@ from osr.serve.monitor import DEFAULT_WINDOW, P_VALUE_BUCKETS, KnownTraffic, Win
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
-# score = max logit by default: unbounded, so wide buckets around typical logit ranges
-SCORE_BUCKETS = (-10, -5, -2, 0, 1, 2, 3, 4, 5, 6, 7, 8, 10, 12, 15, 20, 25, 30, 40, 50)
+# Scores: max logit by default (unbounded: wide buckets around typical logit ranges) or the kNN
+# cosine similarity (in [-1, 1]: tenths between 0 and 1), one bucket set for every model.
+SCORE_BUCKETS = (-10, -5, -2, -1, 0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1, 2, 3, 4, 5, 6, 7, 8, 10, 12, 15,
+                 20, 25, 30, 40, 50)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 
 
