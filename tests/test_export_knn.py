@@ -175,3 +175,16 @@ def test_the_report_says_what_the_score_is_and_how_it_was_exported(tmp_path, tin
     assert "Score: cosine similarity of the classifier head's input features to their 4-th nearest" in report
     assert (f"osr-export 'runs/my run' --repository {tmp_path} --name k --alpha 0.1 --score knn --knn-k 4 "
             "--knn-bank-per-class 10") in report
+
+
+def test_the_int8_variant_of_a_knn_export_recalibrates_and_keeps_the_knn_record(tmp_path, tiny_export_inputs) -> None:
+    from osr.export.pipeline import ExportOptions, export_to_repository
+
+    inputs = tiny_export_inputs()
+    inputs.train_x = np.random.default_rng(7).integers(0, 256, (60, 32, 32, 3), dtype=np.uint8)
+    inputs.train_y = np.repeat(np.arange(3), 20)
+    result = export_to_repository(inputs, ExportOptions(repository=tmp_path, name="k", version=1, score_function="knn",
+                                                        knn_k=3, int8=True))
+    manifest = json.loads((result.variant_dirs["int8"] / "manifest.json").read_text())
+    assert manifest["score_function"] == "knn" and manifest["knn"]["bank_size"] == 60
+    assert manifest["parity"]["passed"] and manifest["parity"]["label_mismatches"] == 0
