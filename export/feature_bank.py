@@ -19,6 +19,8 @@ from torch import nn
 from osr.train.choices import KNN_DEFAULT_BANK_PER_CLASS as DEFAULT_BANK_PER_CLASS
 from osr.train.pretrained import head_name
 
+MAX_BANK_BYTES = 1_000_000_000  # a protobuf (the ONNX file) holds 2 GB, the network included
+
 
 def split_head(model: nn.Module, probe: torch.Tensor) -> tuple[nn.Module, nn.Linear]:
     """(body, head) with head(body(x)) == model(x): a copy of the model whose last Linear is an
@@ -65,9 +67,14 @@ def build_bank(
     ``features_of`` maps a uint8 NHWC batch to features exactly as the graph does."""
     if per_class < 1:
         raise ValueError(f"the kNN bank needs at least one image per class, got {per_class}")
-    chosen = images[pick_per_class(np.asarray(labels), per_class, seed)]
-    if len(chosen) == 0:
+    picked = pick_per_class(np.asarray(labels), per_class, seed)
+    if len(picked) == 0:
         raise ValueError("the kNN bank needs training images, and there are none")
-    parts = [features_of(torch.from_numpy(np.ascontiguousarray(chosen[i:i + batch_size])))
-             for i in range(0, len(chosen), batch_size)]
+    parts = []
+    for start in range(0, len(picked), batch_size):
+        parts.append(features_of(torch.from_numpy(np.ascontiguousarray(images[picked[start:start + batch_size]]))))
+        size = len(picked) * parts[0].shape[1] * 2  # float16
+        if size > MAX_BANK_BYTES:  # known after the first batch: refuse before the rest
+            raise ValueError(f"the kNN bank would take {size / 1e9:.2f} GB ({len(picked)} x {parts[0].shape[1]} "
+                             f"float16); an ONNX file holds at most 2 GB: lower --knn-bank-per-class (now {per_class})")
     return nn.functional.normalize(torch.cat(parts).float(), dim=1).to(torch.float16).numpy()

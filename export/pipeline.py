@@ -133,6 +133,7 @@ def score_parts(model: nn.Module, inputs: ExportInputs, options: ExportOptions) 
     log.info("building the kNN feature bank (up to %d training images per class)", options.knn_bank_per_class)
     bank = build_bank(lambda batch: body(probe.normalise(batch)), inputs.train_x, inputs.train_y,
                       options.knn_bank_per_class)
+    log.info("kNN bank: %d x %d float16 features, %.1f MB inside model.onnx", *bank.shape, bank.nbytes / 1e6)
     return {"model": body, "score_function": "knn", "head": head, "feature_bank": bank, "knn_k": options.knn_k}
 
 

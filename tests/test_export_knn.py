@@ -188,3 +188,17 @@ def test_the_int8_variant_of_a_knn_export_recalibrates_and_keeps_the_knn_record(
     manifest = json.loads((result.variant_dirs["int8"] / "manifest.json").read_text())
     assert manifest["score_function"] == "knn" and manifest["knn"]["bank_size"] == 60
     assert manifest["parity"]["passed"] and manifest["parity"]["label_mismatches"] == 0
+
+
+def test_a_bank_too_big_for_an_onnx_file_is_refused_after_one_batch(monkeypatch) -> None:
+    import osr.export.feature_bank as feature_bank
+
+    monkeypatch.setattr(feature_bank, "MAX_BANK_BYTES", 40)  # 8 rows x 3 features x 2 bytes = 48
+    calls = []
+    def features_of(batch: torch.Tensor) -> torch.Tensor:
+        calls.append(len(batch))
+        return torch.ones(len(batch), 3)
+
+    with pytest.raises(ValueError, match="lower --knn-bank-per-class"):
+        build_bank(features_of, _images(8), np.zeros(8, dtype=np.int64), per_class=8, batch_size=2)
+    assert calls == [2]
