@@ -52,8 +52,8 @@ def main() -> None:
     _, unknown, _ = known_unknown(config["dataset"], config["split"])
     source = _source(config["dataset"], Path(args.data_root or config["data_root"]), False)
     rng = np.random.default_rng(0)
-    val_unknown = np.sort(np.concatenate([rng.permutation(np.flatnonzero(source.train_labels == c))[:args.unknown_per_class]
-                                          for c in unknown]))
+    per_class = [rng.permutation(np.flatnonzero(source.train_labels == c))[:args.unknown_per_class] for c in unknown]
+    val_unknown = np.sort(np.concatenate(per_class))
     val_unknown_x = source.decode_train(val_unknown, data.image_size)
 
     model = model_from_checkpoint(ckpt).eval()

@@ -361,8 +361,9 @@ def export_command(provenance: dict, options: ExportOptions) -> str:
     if not checkpoint:
         return ""
     path = Path(checkpoint)
-    words = ["osr-export", str(path.parent if path.name == "checkpoint.pt" else path), "--repository", str(options.repository),
-             "--name", options.name, "--alpha", f"{options.alpha:g}"]
+    run = path.parent if path.name == "checkpoint.pt" else path
+    words = ["osr-export", str(run), "--repository", str(options.repository), "--name", options.name,
+             "--alpha", f"{options.alpha:g}"]
     if options.confidence is not None:
         words += ["--confidence", f"{options.confidence:g}"]
     if options.per_class:
