@@ -47,7 +47,7 @@ def make_tiny_export_inputs(seed: int = 0, n_calib: int = 60, n_test: int = 24):
     )
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def tiny_export_inputs():
     """Factory for fresh ExportInputs of the tiny model: call it with seed/n_calib/n_test."""
     return make_tiny_export_inputs

@@ -40,6 +40,7 @@ RUN_LOCAL = ROOT / "serve" / "triton_backend" / "run_local.sh"
 OUTPUTS = ("logits", "score", "label", "p_value")
 BATCHING_MODEL = "tiny_batching"
 BATCHING_SIZE = 4
+KNN_MODEL = "tiny_knn"
 START_TIMEOUT_S = 90
 
 
@@ -127,6 +128,7 @@ def triton_server(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempP
         )
     )
     (extra / DEFAULT_MODEL_FILE).write_text(BATCHING_MODEL)  # Triton must ignore osr's marker file
+    _export_knn_model(extra, request.getfixturevalue("tiny_export_inputs"))
     ports = [_free_port() for _ in range(3)]
     server = TritonServer(
         http_url=f"127.0.0.1:{ports[0]}",
@@ -149,6 +151,17 @@ def triton_server(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempP
         yield server
     finally:
         _stop(process)
+
+
+def _export_knn_model(repository: Path, make_inputs) -> None:
+    """The tiny model exported with --score knn (a feature bank and TopK in the graph) as KNN_MODEL."""
+    from osr.export.pipeline import ExportOptions, export_to_repository
+
+    inputs = make_inputs()
+    inputs.train_x = np.random.default_rng(3).integers(0, 256, (30, 32, 32, 3), dtype=np.uint8)
+    inputs.train_y = np.repeat(np.arange(3), 10)
+    export_to_repository(inputs, ExportOptions(repository=repository, name=KNN_MODEL, version=1, score_function="knn",
+                                               knn_k=3, report=False))
 
 
 @pytest.fixture(scope="module")
@@ -186,6 +199,17 @@ def _infer(module, client, model: str, batch: np.ndarray, outputs=OUTPUTS) -> di
     request.set_data_from_numpy(batch)
     result = client.infer(model, [request], outputs=[module.InferRequestedOutput(name) for name in outputs])
     return {name: result.as_numpy(name) for name in outputs}
+
+
+def test_a_knn_scored_export_serves_the_same_answers(triton_server: TritonServer, images: np.ndarray,
+                                                     tmp_path_factory: pytest.TempPathFactory, tiny_export_inputs) -> None:
+    client = httpclient.InferenceServerClient(triton_server.http_url)
+    assert client.is_model_ready(KNN_MODEL, "1")
+    repository = tmp_path_factory.mktemp("knn_again")
+    _export_knn_model(repository, tiny_export_inputs)  # deterministic: the same graph as the served one
+    session = ort.InferenceSession(str(repository / KNN_MODEL / "1" / "model.onnx"), providers=["CPUExecutionProvider"])
+    expected = dict(zip(OUTPUTS, session.run(list(OUTPUTS), {"images": images})))
+    _assert_same_answers(_infer(httpclient, client, KNN_MODEL, images), expected)
 
 
 def test_server_loads_the_exported_cpu_config(triton_server: TritonServer) -> None:
