@@ -52,10 +52,27 @@ def collect(root: Path = RESULTS) -> dict:
         run = json.loads(path.read_text())
         if run["epoch"] != run["config"]["epochs"]:
             continue  # unfinished
+        teacher = run["config"].get("teacher")
         groups[path.parent.parent.name][method_label(run["config"])].append(
             {"run": path.parent.name, "seed": run["config"]["seed"], "split": run["config"]["split"],
-             "pretrained": run["config"].get("pretrained"), **run["metrics"]})
+             "pretrained": run["config"].get("pretrained"), "teacher": Path(teacher).name if teacher else None,
+             **run["metrics"]})
+    for methods in groups.values():
+        split_by_teacher(methods)
     return groups
+
+
+def split_by_teacher(methods: dict) -> None:
+    """Students of different teachers never share a row: a label whose runs learnt from more than
+    one teacher becomes one label per teacher ("KD+CutMix from <teacher folder> [backbone]")."""
+    for label in list(methods):
+        teachers = {r["teacher"] for r in methods[label]}
+        if len(teachers) < 2:
+            continue
+        runs = methods.pop(label)
+        name, backbone = label[:label.index(" [")], label[label.index(" ["):]
+        for r in runs:
+            methods[f"{name} from {r['teacher']}{backbone}"].append(r)
 
 
 def mean_std(values: list[float]) -> str:
