@@ -16,6 +16,10 @@
 # (0.5), same data, epochs and FLAGS, seed TEACHER_SEED (0), trained first (runs/regime/<tag>/
 # teacher-ce-w<width>-seed<seed>/; two calls at once wait for each other's teacher, flock). A
 # committed copy of the teacher's metrics does not skip it: its checkpoint is retrained if gone.
+# A teacher that sees more data or trains for another number of epochs than the students:
+# TEACHER_PER_CLASS (images per class; 0 = every training image) and TEACHER_EPOCHS; it is then
+# teacher-ce-w<width>-n<images>-e<epochs>-seed<seed>/ and its students <method>-by-w<width>-n<images>-e<epochs>-seed<seed>/
+# (bench/collect_results.py gives students of different teachers rows of their own).
 # Methods: ce, ce-cutmix, kd-cutmix, ad-cutmix (r 0.75, learnable target raw: the released code's
 # choices), ad-cutmix-r0 (--smoothing-r 0), ad-cutmix-target-{mixed,lam,none} (--ad-learnable-target).
 #
@@ -24,7 +28,7 @@
 # Environment: PYTHON (python), OSR_DATA_ROOT (../shared/datasets), RESULTS (bench/results),
 # SEEDS ("0 1 2"), FLAGS (extra osr-train flags, word-split; they become part of the tag), METHODS
 # ("ce ce-cutmix"; ONLY is its old name: run one method, so two runs can train at the same time in
-# two calls), TEACHER_WIDTH, TEACHER_SEED. Test metrics are computed twice per
+# two calls), TEACHER_WIDTH, TEACHER_SEED, TEACHER_PER_CLASS, TEACHER_EPOCHS. Test metrics are computed twice per
 # run (half-way and at the end: --eval-every EPOCHS/2), on the full test sets (6,000 known,
 # 4,000 unknown images).
 #
@@ -128,17 +132,25 @@ for setting in "${SETTINGS[@]}"; do
   [ -n "${FLAGS:-}" ] && tag="$tag-$(echo "$FLAGS" | sed 's/^-*//; s/ \{1,\}-*/-/g' | tr -c 'A-Za-z0-9.\n-' '_')"
   S=(--arch "$arch" --width "$width" --max-train-per-class "$per_class" --epochs "$epochs"
      --eval-every $(( epochs / 2 > 0 ? epochs / 2 : 1 )))
-  teacher="runs/regime/$tag/teacher-ce-w$TEACHER_WIDTH-seed$TEACHER_SEED"
+  t_per_class=${TEACHER_PER_CLASS:-$per_class}; t_epochs=${TEACHER_EPOCHS:-$epochs}
+  t_name="teacher-ce-w$TEACHER_WIDTH"; by=""
+  if [ "$t_per_class:$t_epochs" != "$per_class:$epochs" ]; then
+    t_name="$t_name-n$t_per_class-e$t_epochs"; by="-by-w$TEACHER_WIDTH-n$t_per_class-e$t_epochs"
+  fi
+  T=(--arch "$arch" --width "$TEACHER_WIDTH" --epochs "$t_epochs" --eval-every $(( t_epochs / 2 > 0 ? t_epochs / 2 : 1 )))
+  [ "$t_per_class" != 0 ] && T+=(--max-train-per-class "$t_per_class")
+  teacher="runs/regime/$tag/$t_name-seed$TEACHER_SEED"
   if [[ " $METHODS " == *" kd-"* || " $METHODS " == *" ad-"* ]]; then
     mkdir -p "runs/regime/$tag"
-    ( flock 9; NEED_CHECKPOINT=1 run "$tag" "teacher-ce-w$TEACHER_WIDTH" "$TEACHER_SEED" "${S[@]}" --width "$TEACHER_WIDTH" --method ce ) \
+    ( flock 9; NEED_CHECKPOINT=1 run "$tag" "$t_name" "$TEACHER_SEED" "${T[@]}" --method ce ) \
       9> "runs/regime/$tag/teacher.lock" || exit 1
   fi
   for seed in $SEEDS; do
     for method in $METHODS; do
       flags=$(method_flags "$method" "$teacher") || exit 2
+      name=$method; [[ $method == kd-* || $method == ad-* ]] && name="$method$by"
       # shellcheck disable=SC2086  # flags is a word list (no spaces inside the teacher path)
-      run "$tag" "$method" "$seed" "${S[@]}" $flags
+      run "$tag" "$name" "$seed" "${S[@]}" $flags
     done
   done
 done
