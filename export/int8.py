@@ -31,7 +31,7 @@ import numpy as np
 
 from osr.export import conformal
 from osr.export.graph import onnx_session, run_onnx
-from osr.export.manifest import INPUT_NAME, write_manifest
+from osr.export.manifest import INPUT_NAME, INT8_SUFFIX, write_manifest
 from osr.export.repository import version_writer
 
 if TYPE_CHECKING:
@@ -39,7 +39,6 @@ if TYPE_CHECKING:
 
     from osr.export.pipeline import ExportInputs, ExportOptions, ExportResult
 
-INT8_SUFFIX = "-int8"
 QUANTIZED_OPS = ["Conv", "Gemm", "MatMul"]
 RANGE_IMAGES = 256
 

@@ -26,6 +26,9 @@ DEFAULT_MODEL_FILE = "DEFAULT_MODEL"
 RESIZE_RULE = {"rule": "shorter_side_center_crop", "interpolation": "bilinear"}
 INPUT_NAME = "images"
 OUTPUT_NAMES = ("logits", "score", "label", "p_value")
+# Variants of model <name> are the models <name><suffix> of the same repository.
+INT8_SUFFIX = "-int8"
+TENSORRT_SUFFIX = "-trt"
 REQUIRED_KEYS = (
     "schema_version",
     "name",

@@ -23,7 +23,14 @@ from torch import nn
 from osr.export import conformal
 from osr.export.feature_bank import build_bank, split_head
 from osr.export.graph import OsrGraph, export_onnx, input_specs, output_specs, run_torch, verify_onnx
-from osr.export.manifest import RESIZE_RULE, SCHEMA_VERSION, sha256_file, write_manifest
+from osr.export.manifest import (
+    INT8_SUFFIX,
+    RESIZE_RULE,
+    SCHEMA_VERSION,
+    TENSORRT_SUFFIX,
+    sha256_file,
+    write_manifest,
+)
 from osr.export.repository import (
     check_compatible,
     check_model_configs,
@@ -38,8 +45,6 @@ log = logging.getLogger(__name__)
 
 MODEL_FILE = "model.onnx"
 REPORT_DIR = "report"
-INT8_SUFFIX = "-int8"
-TENSORRT_SUFFIX = "-trt"
 
 
 @dataclass

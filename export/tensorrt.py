@@ -14,14 +14,13 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from osr.export.manifest import INPUT_NAME, OUTPUT_NAMES, sha256_file, write_manifest
+from osr.export.manifest import INPUT_NAME, OUTPUT_NAMES, TENSORRT_SUFFIX, sha256_file, write_manifest
 from osr.export.repository import version_writer, write_model_configs
 
 if TYPE_CHECKING:
     from osr.export.pipeline import ExportInputs, ExportOptions, ExportResult
 
 PLAN_FILE = "model.plan"
-TENSORRT_SUFFIX = "-trt"
 LOGITS_TOLERANCE_FP32 = 1e-3
 LOGITS_TOLERANCE_FP16 = 5e-2  # relative to the largest |logit|
 

@@ -14,12 +14,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterable, Sequence
 
+from osr.export.manifest import TENSORRT_SUFFIX
+
 if TYPE_CHECKING:  # tritonclient is only needed to parse, never to render
     from tritonclient.grpc.model_config_pb2 import ModelConfig
 
 ONNX_PLATFORM = "onnxruntime_onnx"
 TENSORRT_PLATFORM = "tensorrt_plan"
-TENSORRT_SUFFIX = "-trt"
 CPU_CONFIG_NAME = "cpu"
 KINDS = ("gpu", "cpu")
 

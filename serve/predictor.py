@@ -20,13 +20,12 @@ from typing import Protocol
 
 import numpy as np
 
-from osr.export.manifest import ManifestError, load_manifest, resolve_version_dir
+from osr.export.manifest import INPUT_NAME, OUTPUT_NAMES, ManifestError, load_manifest, resolve_version_dir
+from osr.images import RESIZE_RULE
 from osr.serve import preflight
 from osr.serve.decode import DEFAULT_MAX_PIXELS, DecodeError, decode_to_pil, resize_for_model
 from osr.serve.results import error_row, rows_from_outputs
 
-INPUT_NAME = "images"
-OUTPUT_NAMES: tuple[str, ...] = ("logits", "score", "label", "p_value")
 DEFAULT_MAX_BATCH_SIZE = 64
 MODEL_REPOSITORY_ENV = "OSR_MODEL_REPOSITORY"
 
@@ -383,8 +382,8 @@ def _check_manifest_contract(manifest: dict) -> None:
         if field not in manifest:
             raise ManifestError(f"manifest has no {field!r} field")
     rule = manifest["resize"].get("rule")
-    if rule != "shorter_side_center_crop":
-        raise ManifestError(f"manifest resize rule {rule!r} is not supported (want 'shorter_side_center_crop')")
+    if rule != RESIZE_RULE:
+        raise ManifestError(f"manifest resize rule {rule!r} is not supported (want {RESIZE_RULE!r})")
     inputs = manifest.get("inputs") or []
     if inputs and (inputs[0].get("name") != INPUT_NAME or inputs[0].get("dtype") != "uint8"):
         raise ManifestError(f"manifest input {inputs[0]} is not the contract's uint8 'images' tensor")
