@@ -30,10 +30,11 @@ import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 from PIL import Image
 
+from osr.export.manifest import OUTPUT_NAMES
+
 from perf_common import MODELS, REPOSITORY, ROOT, cifar_jpegs, free_port, latency_ms, rate, save, summary
 
 RUN_LOCAL = ROOT / "serve" / "triton_backend" / "run_local.sh"
-OUTPUTS = ("logits", "score", "label", "p_value")
 
 
 def start_triton(venv: Path, log_path: Path) -> tuple[subprocess.Popen, dict[str, str]]:
@@ -89,7 +90,7 @@ def load(protocol: str, url: str, model: str, images: np.ndarray, concurrency: i
 
     def client(index: int) -> None:
         c = module.InferenceServerClient(url)
-        outputs = [module.InferRequestedOutput(n) for n in OUTPUTS]
+        outputs = [module.InferRequestedOutput(n) for n in OUTPUT_NAMES]
         mine, errs, i = [], [], index
         start.wait()
         while time.perf_counter() < stop_at[0]:

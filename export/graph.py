@@ -238,25 +238,3 @@ def verify_onnx(
         )
     return record
 
-
-def output_specs(num_classes: int) -> list[dict]:
-    """The manifest's "outputs" entries for this graph."""
-    return [
-        {"name": "logits", "dtype": "float32", "shape": [-1, num_classes]},
-        {"name": "score", "dtype": "float32", "shape": [-1]},
-        {"name": "label", "dtype": "int64", "shape": [-1]},
-        {"name": "p_value", "dtype": "float32", "shape": [-1]},
-    ]
-
-
-def input_specs(image_size: int) -> list[dict]:
-    """The manifest's "inputs" entry for this graph."""
-    return [
-        {
-            "name": INPUT_NAME,
-            "dtype": "uint8",
-            "shape": [-1, image_size, image_size, 3],
-            "layout": "NHWC",
-            "color": "RGB",
-        }
-    ]

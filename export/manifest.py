@@ -29,6 +29,31 @@ OUTPUT_NAMES = ("logits", "score", "label", "p_value")
 # Variants of model <name> are the models <name><suffix> of the same repository.
 INT8_SUFFIX = "-int8"
 TENSORRT_SUFFIX = "-trt"
+
+
+def output_specs(num_classes: int) -> list[dict]:
+    """The manifest's "outputs" entries of the decision graph (osr.export.graph)."""
+    return [
+        {"name": "logits", "dtype": "float32", "shape": [-1, num_classes]},
+        {"name": "score", "dtype": "float32", "shape": [-1]},
+        {"name": "label", "dtype": "int64", "shape": [-1]},
+        {"name": "p_value", "dtype": "float32", "shape": [-1]},
+    ]
+
+
+def input_specs(image_size: int) -> list[dict]:
+    """The manifest's "inputs" entry of the decision graph."""
+    return [
+        {
+            "name": INPUT_NAME,
+            "dtype": "uint8",
+            "shape": [-1, image_size, image_size, 3],
+            "layout": "NHWC",
+            "color": "RGB",
+        }
+    ]
+
+
 REQUIRED_KEYS = (
     "schema_version",
     "name",

@@ -22,12 +22,14 @@ from torch import nn
 
 from osr.export import conformal
 from osr.export.feature_bank import build_bank, split_head
-from osr.export.graph import OsrGraph, export_onnx, input_specs, output_specs, run_torch, verify_onnx
+from osr.export.graph import OsrGraph, export_onnx, run_torch, verify_onnx
 from osr.export.manifest import (
     INT8_SUFFIX,
     RESIZE_RULE,
     SCHEMA_VERSION,
     TENSORRT_SUFFIX,
+    input_specs,
+    output_specs,
     sha256_file,
     write_manifest,
 )

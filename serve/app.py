@@ -37,12 +37,13 @@ from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException
 
 import osr
+from osr.export.manifest import INPUT_NAME, OUTPUT_NAMES, input_specs, output_specs
 from osr.serve import oip
 from osr.serve.batcher import DynamicBatcher
 from osr.serve.decode import DecodeError, decode_to_pil
 from osr.serve.http_layer import BodyReadError, api_key_guard, install_error_handlers, install_http_guards
 from osr.serve.metrics import MetricsMiddleware, ServiceMetrics
-from osr.serve.predictor import INPUT_NAME, OUTPUT_NAMES, Predictor
+from osr.serve.predictor import Predictor
 from osr.serve.results import error_row, rows_from_outputs
 from osr.serve.routes.demo import demo_router
 from osr.serve.routes.docs import docs_router, install_openapi, mount_static
@@ -223,14 +224,8 @@ def _served_model(state: ServiceState, model_name: str, model_version: str | Non
 
 def _model_metadata(predictor: Predictor) -> oip.ModelMetadata:
     manifest = predictor.manifest
-    size = predictor.image_size
-    inputs = manifest.get("inputs") or [{"name": INPUT_NAME, "dtype": "uint8", "shape": [-1, size, size, 3]}]
-    outputs = manifest.get("outputs") or [
-        {"name": "logits", "dtype": "float32", "shape": [-1, len(predictor.classes)]},
-        {"name": "score", "dtype": "float32", "shape": [-1]},
-        {"name": "label", "dtype": "int64", "shape": [-1]},
-        {"name": "p_value", "dtype": "float32", "shape": [-1]},
-    ]
+    inputs = manifest.get("inputs") or input_specs(predictor.image_size)
+    outputs = manifest.get("outputs") or output_specs(len(predictor.classes))
     return oip.ModelMetadata(
         name=predictor.name, versions=[str(predictor.version)], platform="onnxruntime_onnx",
         inputs=oip.tensor_metadata_from_manifest(inputs), outputs=oip.tensor_metadata_from_manifest(outputs),

@@ -67,7 +67,7 @@ def test_model_configs(tmp_path: Path) -> None:
 def _version(repository: Path, name: str, version: int, classes: list[str], size: int = 32) -> None:
     import json
 
-    from osr.export.graph import input_specs
+    from osr.export.manifest import input_specs
 
     with version_writer(repository, name, version) as staging:
         manifest = {"classes": classes, "inputs": input_specs(size)}
@@ -75,7 +75,7 @@ def _version(repository: Path, name: str, version: int, classes: list[str], size
 
 
 def test_a_version_with_other_classes_or_input_needs_force(tmp_path: Path) -> None:
-    from osr.export.graph import input_specs
+    from osr.export.manifest import input_specs
     from osr.export.repository import IncompatibleModelError, check_compatible
 
     _version(tmp_path, "m", 1, ["cat", "dog"])
