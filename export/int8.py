@@ -2,10 +2,11 @@
 onnxruntime.quantization, and a threshold re-calibrated on the quantised model's own scores.
 
 How:
-* The fp32 model.onnx is quantised in place of the whole graph, but only Conv / Gemm / MatMul
-  nodes (`op_types_to_quantize`) get QDQ pairs (QDQ format, activations uint8, weights int8 per
-  channel). Pre-processing (cast, /255, normalise) and the decision tail (score, threshold,
-  p-value) stay float, so the int8 graph has the same inputs and outputs as the fp32 one.
+* The fp32 model.onnx is quantised in place of the whole graph, but only the network's Conv / Gemm /
+  MatMul nodes (`op_types_to_quantize`) get QDQ pairs (QDQ format, activations uint8, weights int8
+  per channel). Pre-processing (cast, /255, normalise) and the decision tail (score, threshold,
+  p-value; the kNN score's product with its feature bank, `score_nodes`) stay float, so the int8
+  graph has the same inputs and outputs as the fp32 one.
 * Activation ranges come from training images (`ExportInputs.quantization_x`), not from the
   calibration images, so the int8 model is a function of training data only and the conformal
   guarantee of the re-calibrated threshold stays exact. Without them the calibration images are
@@ -63,8 +64,28 @@ class ImageBatches:
         self._iterator = self._batches()
 
 
+def score_nodes(model: "onnx.ModelProto") -> list[str]:
+    """The Conv/Gemm/MatMul nodes that compute the score rather than the network: the kNN score's
+    product with its feature bank (osr.export.feature_bank), found as the node feeding a TopK or
+    as one fed by the bank's float16 constant (small banks are folded to float32 by the exporter).
+    They stay float, like the rest of the decision tail, so int8 rounding does not collapse the
+    score onto a few hundred values."""
+    into_topk = {node.input[0] for node in model.graph.node if node.op_type == "TopK"}
+    tainted = {init.name for init in model.graph.initializer if init.data_type == 10}  # FLOAT16
+    excluded = []
+    for node in model.graph.node:  # topological order
+        from_bank = any(name in tainted for name in node.input)
+        if from_bank:
+            tainted.update(node.output)
+        if node.op_type in QUANTIZED_OPS and (from_bank or any(out in into_topk for out in node.output)):
+            excluded.append(node.name)
+    return excluded
+
+
 def quantize_graph(fp32_path: Path, int8_path: Path, range_images: np.ndarray, reduce_range: bool = False) -> Path:
-    """Static QDQ quantisation of the Conv/Gemm/MatMul nodes; the rest of the graph stays float."""
+    """Static QDQ quantisation of the network's Conv/Gemm/MatMul nodes; the rest of the graph
+    (pre-processing and the decision tail, the kNN score's bank product included) stays float."""
+    import onnx
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
 
     class _Reader(ImageBatches, CalibrationDataReader):
@@ -81,6 +102,7 @@ def quantize_graph(fp32_path: Path, int8_path: Path, range_images: np.ndarray, r
             _Reader(range_images),
             quant_format=QuantFormat.QDQ,
             op_types_to_quantize=QUANTIZED_OPS,
+            nodes_to_exclude=score_nodes(onnx.load(str(fp32_path))),
             per_channel=True,
             reduce_range=reduce_range,
             activation_type=QuantType.QUInt8,

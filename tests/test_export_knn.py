@@ -188,6 +188,16 @@ def test_the_int8_variant_of_a_knn_export_recalibrates_and_keeps_the_knn_record(
     manifest = json.loads((result.variant_dirs["int8"] / "manifest.json").read_text())
     assert manifest["score_function"] == "knn" and manifest["knn"]["bank_size"] == 60
     assert manifest["parity"]["passed"] and manifest["parity"]["label_mismatches"] == 0
+    # The bank's product stays float: no dequantised tensor feeds it, and the scores stay continuous.
+    import onnx
+
+    int8 = onnx.load(str(result.variant_dirs["int8"] / "model.onnx"))
+    producers = {out: node.op_type for node in int8.graph.node for out in node.output}
+    bank_products = [n for n in int8.graph.node if n.op_type == "MatMul"
+                     and all(producers.get(i) != "DequantizeLinear" for i in n.input)]
+    assert len(bank_products) == 1
+    scores = run_onnx(onnx_session(result.variant_dirs["int8"] / "model.onnx"), inputs.calib_x)["score"]
+    assert len(np.unique(scores)) == len(scores)
 
 
 def test_a_bank_too_big_for_an_onnx_file_is_refused_after_one_batch(monkeypatch) -> None:
