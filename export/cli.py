@@ -71,11 +71,10 @@ def build_parser() -> argparse.ArgumentParser:
         "head's input features to the k-th nearest of a bank of training features carried in the graph "
         "(Sun et al. 2022)",
     )
-    parser.add_argument("--knn-k", type=int, default=DEFAULT_K, help=f"--score knn: k (default {DEFAULT_K})")
+    parser.add_argument("--knn-k", type=int, help=f"--score knn: k (default {DEFAULT_K})")
     parser.add_argument(
         "--knn-bank-per-class",
         type=int,
-        default=DEFAULT_BANK_PER_CLASS,
         help=f"--score knn: training images per class in the graph's feature bank (default {DEFAULT_BANK_PER_CLASS}; "
         "the bank adds images x features x 2 bytes to model.onnx)",
     )
@@ -193,10 +192,11 @@ def _validate(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None
         parser.error("--tensorrt-fp16 needs --tensorrt or --tensorrt-accelerator")
     if args.max_batch_size < 1:
         parser.error("--max-batch-size must be >= 1")
-    if args.knn_k < 1 or args.knn_bank_per_class < 1:
-        parser.error("--knn-k and --knn-bank-per-class must be >= 1")
-    if args.score != "knn" and (args.knn_k != DEFAULT_K or args.knn_bank_per_class != DEFAULT_BANK_PER_CLASS):
+    knn_flags = (args.knn_k, args.knn_bank_per_class)
+    if args.score != "knn" and knn_flags != (None, None):
         parser.error("--knn-k and --knn-bank-per-class apply to --score knn only")
+    if any(value is not None and value < 1 for value in knn_flags):
+        parser.error("--knn-k and --knn-bank-per-class must be >= 1")
 
 
 def run(args: argparse.Namespace) -> Path:
@@ -221,8 +221,8 @@ def run(args: argparse.Namespace) -> Path:
         confidence=args.confidence,
         per_class=args.per_class,
         score_function=args.score,
-        knn_k=args.knn_k,
-        knn_bank_per_class=args.knn_bank_per_class,
+        knn_k=args.knn_k or DEFAULT_K,
+        knn_bank_per_class=args.knn_bank_per_class or DEFAULT_BANK_PER_CLASS,
         int8=args.int8,
         tensorrt=args.tensorrt,
         tensorrt_fp16=args.tensorrt_fp16,

@@ -87,7 +87,8 @@ class OsrGraph(nn.Module):
             if feature_bank is None or len(feature_bank) == 0:
                 raise ValueError("score function knn needs a feature bank (osr.export.feature_bank.build_bank)")
             if not 1 <= self.knn_k <= len(feature_bank):
-                raise ValueError(f"knn k must be in [1, {len(feature_bank)}] (the bank's size), got {self.knn_k}")
+                raise ValueError(f"--knn-k {self.knn_k} is larger than the feature bank ({len(feature_bank)} training "
+                                 "images: some classes have fewer than --knn-bank-per-class); lower --knn-k")
             self.register_buffer("feature_bank", torch.from_numpy(np.asarray(feature_bank, dtype=np.float16)))
 
     def normalise(self, images: torch.Tensor) -> torch.Tensor:

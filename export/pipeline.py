@@ -230,7 +230,12 @@ def write_triton_configs(model_dir: Path, manifest: dict, options: ExportOptions
 def preflight(classes: list[str], image_size: int, options: ExportOptions, version: int) -> None:
     """Everything that would make the export refuse to write, checked before any work: a taken
     version, a model whose newest version has other classes or another input, a model config
-    that would change (each allowed with options.force), for the model and its variants."""
+    that would change (each allowed with options.force), for the model and its variants; and a
+    kNN k that no bank of these classes can hold."""
+    if options.score_function == "knn" and options.knn_k > options.knn_bank_per_class * len(classes):
+        raise ValueError(f"--knn-k {options.knn_k} is larger than the feature bank can be "
+                         f"({options.knn_bank_per_class} images per class x {len(classes)} classes): "
+                         "lower --knn-k or raise --knn-bank-per-class")
     repository = Path(options.repository)
     inputs = input_specs(image_size)
     names = [options.name]
@@ -356,10 +361,15 @@ SCORE_NOTES = {
 def score_note(options: ExportOptions) -> str:
     """One phrase saying what the exported score is."""
     if options.score_function == "knn":
-        return (f"cosine similarity of the classifier head's input features to their {options.knn_k}-th nearest "
+        return (f"cosine similarity of the classifier head's input features to their {_ordinal(options.knn_k)} nearest "
                 f"training feature (a float16 bank of up to {options.knn_bank_per_class} training images per class "
                 "inside the graph; Sun et al. 2022); higher = more known")
     return SCORE_NOTES[options.score_function]
+
+
+def _ordinal(n: int) -> str:
+    suffix = "th" if 10 <= n % 100 <= 20 else {1: "st", 2: "nd", 3: "rd"}.get(n % 10, "th")
+    return f"{n}{suffix}"
 
 
 def export_command(provenance: dict, options: ExportOptions) -> str:
@@ -379,6 +389,9 @@ def export_command(provenance: dict, options: ExportOptions) -> str:
         words += ["--score", options.score_function]
     if options.score_function == "knn":
         words += ["--knn-k", str(options.knn_k), "--knn-bank-per-class", str(options.knn_bank_per_class)]
-    if options.int8:
-        words.append("--int8")
+    flags = {"--int8": options.int8, "--tensorrt": options.tensorrt, "--tensorrt-fp16": options.tensorrt_fp16,
+             "--tensorrt-accelerator": options.tensorrt_accelerator}
+    words += [flag for flag, on in flags.items() if on]
+    if options.max_batch_size != ExportOptions.max_batch_size:
+        words += ["--max-batch-size", str(options.max_batch_size)]
     return shlex.join(words)

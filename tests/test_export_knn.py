@@ -86,7 +86,7 @@ def test_knn_needs_a_bank_and_a_k_that_fits_it() -> None:
     body, head = split_head(MeansThenHead(), torch.randn(2, 3, 4, 4))
     with pytest.raises(ValueError, match="feature bank"):
         OsrGraph(body, MEAN, STD, 3, 0.0, [0.0], "knn", head=head)
-    with pytest.raises(ValueError, match="knn k must be in"):
+    with pytest.raises(ValueError, match="--knn-k 4 is larger than the feature bank"):
         OsrGraph(body, MEAN, STD, 3, 0.0, [0.0], "knn", head=head, feature_bank=np.eye(3, dtype=np.float16), knn_k=4)
     with pytest.raises(ValueError, match="only knn takes a head"):
         OsrGraph(body, MEAN, STD, 3, 0.0, [0.0], "max_logit", head=head)
@@ -154,12 +154,23 @@ def test_knn_export_without_training_images_says_so(tmp_path, tiny_export_inputs
         export_to_repository(tiny_export_inputs(), ExportOptions(repository=tmp_path, name="k", score_function="knn"))
 
 
-def test_knn_flags_without_score_knn_are_refused(capsys) -> None:
+@pytest.mark.parametrize("flags", [["--knn-k", "5"], ["--knn-k", "20"], ["--knn-bank-per-class", "300"]])
+def test_knn_flags_without_score_knn_are_refused_even_at_their_defaults(capsys, flags) -> None:
     from osr.export.cli import main
 
     with pytest.raises(SystemExit):
-        main(["run/checkpoint.pt", "--knn-k", "5"])
+        main(["run/checkpoint.pt", *flags])
     assert "--knn-k and --knn-bank-per-class apply to --score knn only" in capsys.readouterr().err
+
+
+def test_a_knn_k_no_bank_can_hold_is_refused_before_any_work(tmp_path) -> None:
+    from osr.export.pipeline import ExportOptions, preflight
+
+    options = ExportOptions(repository=tmp_path, name="m", score_function="knn", knn_k=31, knn_bank_per_class=10)
+    with pytest.raises(ValueError, match="--knn-k 31 is larger than the feature bank can be"):
+        preflight(["a", "b", "c"], 32, options, 1)
+    preflight(["a", "b", "c"], 32, ExportOptions(repository=tmp_path, name="m", score_function="knn", knn_k=30,
+                                                   knn_bank_per_class=10), 1)
 
 
 def test_the_report_says_what_the_score_is_and_how_it_was_exported(tmp_path, tiny_export_inputs) -> None:
@@ -172,7 +183,7 @@ def test_the_report_says_what_the_score_is_and_how_it_was_exported(tmp_path, tin
     result = export_to_repository(inputs, ExportOptions(repository=tmp_path, name="k", score_function="knn",
                                                         knn_k=4, knn_bank_per_class=10, alpha=0.1))
     report = (result.version_dir / "report" / "report.md").read_text()
-    assert "Score: cosine similarity of the classifier head's input features to their 4-th nearest" in report
+    assert "Score: cosine similarity of the classifier head's input features to their 4th nearest" in report
     assert (f"osr-export 'runs/my run' --repository {tmp_path} --name k --alpha 0.1 --score knn --knn-k 4 "
             "--knn-bank-per-class 10") in report
 
