@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import statistics
 from collections import defaultdict
 from pathlib import Path
@@ -64,15 +65,22 @@ def collect(root: Path = RESULTS) -> dict:
 
 def split_by_teacher(methods: dict) -> None:
     """Students of different teachers never share a row: a label whose runs learnt from more than
-    one teacher becomes one label per teacher ("KD+CutMix from <teacher folder> [backbone]")."""
+    one teacher becomes one label per teacher ("KD+CutMix from <teacher folder> [backbone]").
+    Teachers that differ only in their seed suffix (cpu_grid.sh: one teacher per student seed)
+    count as one."""
     for label in list(methods):
-        teachers = {r["teacher"] for r in methods[label]}
+        teachers = {teacher_key(r["teacher"]) for r in methods[label]}
         if len(teachers) < 2:
             continue
         runs = methods.pop(label)
         name, backbone = label[:label.index(" [")], label[label.index(" ["):]
         for r in runs:
-            methods[f"{name} from {r['teacher']}{backbone}"].append(r)
+            methods[f"{name} from {teacher_key(r['teacher'])}{backbone}"].append(r)
+
+
+def teacher_key(teacher: str | None) -> str | None:
+    """A teacher's folder name without its -seed<N> suffix."""
+    return re.sub(r"-seed\d+$", "", teacher) if teacher else None
 
 
 def mean_std(values: list[float]) -> str:

@@ -87,11 +87,14 @@ def test_deltas_against_other_reference_methods_pair_by_seed(tmp_path: Path) -> 
 
 
 def test_students_of_two_teachers_are_never_averaged_together(tmp_path: Path) -> None:
-    for seed, teacher, acc in ((0, "runs/g/teacher-a", 0.7), (1, "runs/g/teacher-a", 0.72), (0, "runs/g/teacher-b", 0.8)):
-        write_run(tmp_path, "g", f"kd-{teacher[-1]}-seed{seed}", method="kd", mix="cutmix", seed=seed, acc=acc,
+    for seed, teacher, acc in ((0, "runs/g/teacher-a-seed0", 0.7), (1, "runs/g/teacher-a-seed1", 0.72),
+                               (0, "runs/g/teacher-b-seed0", 0.8)):
+        write_run(tmp_path, "g", f"kd-{teacher.split('-')[1]}-seed{seed}", method="kd", mix="cutmix", seed=seed, acc=acc,
                   auroc=0.6, teacher=teacher)
-    write_run(tmp_path, "g", "ad-seed0", method="ad", mix="cutmix", seed=0, acc=0.75, auroc=0.6, teacher="runs/g/teacher-a")
+    write_run(tmp_path, "g", "ad-seed0", method="ad", mix="cutmix", seed=0, acc=0.75, auroc=0.6, teacher="runs/g/t-seed0")
+    write_run(tmp_path, "g", "ad-seed1", method="ad", mix="cutmix", seed=1, acc=0.77, auroc=0.6, teacher="runs/g/t-seed1")
     methods = collect_results.collect(tmp_path)["g"]
     assert sorted(methods) == ["AD+CutMix [classifier32 w0.25]", "KD+CutMix from teacher-a [classifier32 w0.25]",
                                "KD+CutMix from teacher-b [classifier32 w0.25]"]
     assert [r["accuracy"] for r in methods["KD+CutMix from teacher-a [classifier32 w0.25]"]] == [0.7, 0.72]
+    assert len(methods["AD+CutMix [classifier32 w0.25]"]) == 2  # one teacher per seed (cpu_grid.sh) is one teacher
