@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from osr.export.feature_bank import pick_per_class, split_head
+from osr.export.feature_bank import knn_similarity, pick_per_class, split_head
 from osr.export.graph import OsrGraph
 from osr.train.checkpoint import load_checkpoint, model_from_checkpoint
 from osr.train.data import _source, known_unknown, open_set_from_config
@@ -72,16 +72,12 @@ def main() -> None:
            "unknown_validation": f"{len(unknown_f)} training images of classes {unknown}",
            "max_logit": {"auroc": auroc(ml_k, ml_u), "rejected": rejected(ml_k, ml_u)}, "knn": []}
     print(f"max_logit: validation AUROC {out['max_logit']['auroc']:.4f}, rejected {out['max_logit']['rejected']:.4f}")
-    unit_k = torch.nn.functional.normalize(known_f, dim=1)
-    unit_u = torch.nn.functional.normalize(unknown_f, dim=1)
     for per_class in args.bank_per_class:
         # the same draw as the export's: pick_per_class is a prefix of each class's permutation
         rows = np.isin(most, pick_per_class(data.train_y, per_class))
-        bank = torch.nn.functional.normalize(bank_f[torch.from_numpy(rows)], dim=1).half().float()
-        sims_k, sims_u = unit_k @ bank.T, unit_u @ bank.T
+        bank = torch.nn.functional.normalize(bank_f[torch.from_numpy(rows)], dim=1).half()  # as build_bank stores it
         for k in args.k:
-            s_k = sims_k.topk(k, dim=1).values[:, k - 1].numpy()
-            s_u = sims_u.topk(k, dim=1).values[:, k - 1].numpy()
+            s_k, s_u = knn_similarity(known_f, bank, k).numpy(), knn_similarity(unknown_f, bank, k).numpy()
             row = {"bank_per_class": per_class, "bank_size": int(rows.sum()), "k": k,
                    "auroc": auroc(s_k, s_u), "rejected": rejected(s_k, s_u)}
             out["knn"].append(row)

@@ -245,7 +245,7 @@ def export_int8_variant(
             metrics,
             self_check,
             extra={"variant_of": base["name"], "variant": "int8", "int8": int8_record,
-                   **{key: base[key] for key in ("knn",) if key in base}},
+                   **({"knn": base["knn"]} if "knn" in base else {})},
         )
         write_manifest(staging, manifest)
     write_triton_configs(Path(options.repository) / name, manifest, options)

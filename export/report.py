@@ -137,7 +137,7 @@ def _fmt(value) -> str:
     return str(value)
 
 
-def _markdown(metrics: dict, figures: list[tuple[str, str]]) -> str:
+def _markdown(metrics: dict, figures: list[tuple[str, str]], score_note: str = "") -> str:
     fr = metrics["false_rejection"]
     th = metrics["threshold"]
     lines = [
@@ -145,6 +145,7 @@ def _markdown(metrics: dict, figures: list[tuple[str, str]]) -> str:
         "",
         f"Computed with {metrics['computed_with']}; score function `{metrics['score_function']}`.",
         "",
+        *([f"Score: {score_note}.", ""] if score_note else []),
         "## Threshold",
         "",
         f"- method: {th['method']}, target false-rejection rate alpha = {th['target_false_rejection']}"
@@ -216,10 +217,7 @@ def write_report(
     figures = _plots(raw, threshold, report_dir)
     metrics["figures"] = [file for _, file in figures]
     (report_dir / "report.json").write_text(json.dumps(metrics, indent=2) + "\n", encoding="utf-8")
-    text = _markdown(metrics, figures)
-    if score_note:
-        text = text.replace("\n\n## Threshold", f"\n\nScore: {score_note}.\n\n## Threshold", 1)
-    text += _training_section(provenance or {})
+    text = _markdown(metrics, figures, score_note) + _training_section(provenance or {})
     if export_command:
         text += f"\nExported with:\n\n```bash\n{export_command}\n```\n"
     (report_dir / "report.md").write_text(text, encoding="utf-8")
