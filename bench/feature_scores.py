@@ -20,6 +20,7 @@ import torch
 from sklearn.covariance import LedoitWolf
 from torch import nn
 
+from osr.export.feature_bank import knn_similarity
 from osr.train.checkpoint import load_checkpoint, model_from_checkpoint
 from osr.train.data import open_set_from_config
 from osr.train.metrics import auroc, known_score
@@ -54,10 +55,9 @@ def mahalanobis_score(train_f, train_y, f) -> np.ndarray:
 
 
 def knn_score(train_f, f, k: int) -> np.ndarray:
-    a = train_f / np.linalg.norm(train_f, axis=1, keepdims=True)
-    b = f / np.linalg.norm(f, axis=1, keepdims=True)
-    sims = torch.from_numpy(b) @ torch.from_numpy(a).T
-    return sims.topk(k, dim=1).values[:, -1].numpy()
+    """The exported graph's kNN score (export/feature_bank.py) against every training feature."""
+    bank = nn.functional.normalize(torch.from_numpy(train_f).float(), dim=1)
+    return knn_similarity(torch.from_numpy(f), bank, k).numpy()
 
 
 def main() -> None:
