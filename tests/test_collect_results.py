@@ -2,6 +2,7 @@
 
 import importlib.util
 import json
+import sys
 from pathlib import Path
 
 import pytest
@@ -98,3 +99,19 @@ def test_students_of_two_teachers_are_never_averaged_together(tmp_path: Path) ->
                                "KD+CutMix from teacher-b [classifier32 w0.25]"]
     assert [r["accuracy"] for r in methods["KD+CutMix from teacher-a [classifier32 w0.25]"]] == [0.7, 0.72]
     assert len(methods["AD+CutMix [classifier32 w0.25]"]) == 2  # one teacher per seed (cpu_grid.sh) is one teacher
+
+
+def test_ablation_table_shows_paired_deltas_against_ce_cutmix_and_every_seed(tmp_path: Path) -> None:
+    spec = importlib.util.spec_from_file_location("ablation_table", Path(__file__).parents[1] / "bench" / "ablation_table.py")
+    ablation_table = importlib.util.module_from_spec(spec)
+    sys.path.insert(0, str(Path(__file__).parents[1] / "bench"))
+    spec.loader.exec_module(ablation_table)
+    for seed, (ce, cut, ad) in enumerate([((0.70, 0.64), (0.73, 0.61), (0.74, 0.64)), ((0.72, 0.62), (0.75, 0.60), (0.74, 0.63))]):
+        write_run(tmp_path, "g", f"ce-seed{seed}", method="ce", mix="none", seed=seed, acc=ce[0], auroc=ce[1])
+        write_run(tmp_path, "g", f"ce-cutmix-seed{seed}", method="ce", mix="cutmix", seed=seed, acc=cut[0], auroc=cut[1])
+        write_run(tmp_path, "g", f"ad-cutmix-seed{seed}", method="ad", mix="cutmix", seed=seed, acc=ad[0], auroc=ad[1])
+    rows = {line.split(" | ")[0]: line.split(" | ") for line in ablation_table.table(collect_results.collect(tmp_path)["g"]).splitlines()}
+    ad = next(cells for label, cells in rows.items() if label.startswith("| AD+CutMix"))
+    # vs CE: acc +4, +2 -> +3.0 ± 1.4; AUROC 0, +1 -> +0.5 ± 0.7. vs CE+CutMix: acc +1, -1; AUROC +3, +3
+    assert ad[4:6] == ["+3.0 ± 1.4 / +0.5 ± 0.7", "+0.0 ± 1.4 / +3.0 ± 0.0"]
+    assert ad[-1] == "s0 0.740 / 0.640; s1 0.740 / 0.630 |"
