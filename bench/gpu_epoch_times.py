@@ -14,7 +14,8 @@ synthetic batches (the pixels do not change the time) with the GPU options added
 
 and projects epoch seconds = steps per epoch x median step time (CutMix/KD/AD alternate ordinary
 and mixed steps, p_mix 0.5), plus one evaluation of the 10,000 test images (osr-train's predict_logits). ``--procs K`` then runs
-K copies of one case at once (runs sharing the GPU, as the grid does) and sums their images/s.
+K copies of one case at once (runs sharing the GPU, as the grid does; they time their steps from one
+common start, --sync-s after launch) and sums their images/s.
 Results are written after every case, so a lease that ends early keeps what was measured.
 
     python bench/gpu_epoch_times.py --device cuda --out $OUT/gpu_epoch_times.json [--budget-s 420]
@@ -54,7 +55,9 @@ COMPILED_RUNS = ("resnet50 teacher ce", "resnet18 ce")
 
 
 def time_case(dataset: str, run: str, option: str, device: torch.device, batch_size: int, steps: int,
-              eval_images: int = 10_000) -> dict:
+              eval_images: int = 10_000, start_at: float | None = None) -> dict:
+    """Median step times of one case. ``start_at`` (a time.time()): after warming up, wait until
+    then before timing, so that copies sharing the GPU time their steps at the same moment."""
     n_train, size, k = DATASETS[dataset]
     arch, method, mix = RUNS[run]
     on = OPTIONS[: OPTIONS.index(option) + 1]
@@ -83,6 +86,10 @@ def time_case(dataset: str, run: str, option: str, device: torch.device, batch_s
         for _ in range(3):
             runners[m]()
     warmup_s = time.perf_counter() - t0
+    late_s = 0.0
+    if start_at is not None:
+        late_s = max(0.0, time.time() - start_at)  # > 0: this copy's warm-up overran the common start
+        time.sleep(max(0.0, start_at - time.time()))
     med = {m: statistics.median(runners[m]() for _ in range(steps)) for m in kinds}
     step_s = statistics.mean(med.values())
     eval_s = time_eval(student, size, device, "bf16" in on and device.type == "cuda", eval_images)
@@ -91,7 +98,8 @@ def time_case(dataset: str, run: str, option: str, device: torch.device, batch_s
             "step_ms": {("mixed" if m else "ordinary"): round(1e3 * v, 2) for m, v in med.items()},
             "images_per_second": round(batch_size / step_s, 1), "steps_per_epoch": steps_per_epoch,
             "eval_s": round(eval_s, 2), "epoch_s": round(steps_per_epoch * step_s, 2),
-            "epoch_s_with_eval": round(steps_per_epoch * step_s + eval_s, 2), "warmup_s": round(warmup_s, 1)}
+            "epoch_s_with_eval": round(steps_per_epoch * step_s + eval_s, 2), "warmup_s": round(warmup_s, 1),
+            **({"late_s": round(late_s, 1)} if start_at is not None else {})}
 
 
 def time_eval(model, size: int, device: torch.device, amp: bool, images: int) -> float:
@@ -108,13 +116,16 @@ def time_eval(model, size: int, device: torch.device, amp: bool, images: int) ->
 
 
 def shared_gpu(case: str, procs: int, a: argparse.Namespace) -> dict:
-    """K processes timing the same case at once: their summed throughput on the shared GPU."""
+    """K processes timing the same case at once: their summed throughput on the shared GPU. They
+    start timing together (``--start-at``, after every copy's warm-up had ``a.sync_s`` to finish);
+    a copy that was late says so (``late_s``), and its overlap with the others is then partial."""
     cmd = [sys.executable, __file__, "--one", case, "--device", a.device, "--batch-size", str(a.batch_size),
-           "--steps", str(a.steps), "--eval-images", str(a.eval_images)]
+           "--steps", str(a.steps), "--eval-images", str(a.eval_images), "--start-at", str(time.time() + a.sync_s)]
     jobs = [subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True) for _ in range(procs)]
     results = [json.loads(j.communicate()[0].strip().splitlines()[-1]) for j in jobs]
     return {"case": case, "procs": procs, "images_per_second_each": [r["images_per_second"] for r in results],
-            "images_per_second_total": round(sum(r["images_per_second"] for r in results), 1)}
+            "images_per_second_total": round(sum(r["images_per_second"] for r in results), 1),
+            "late_s": [r["late_s"] for r in results]}
 
 
 def main() -> None:
@@ -129,12 +140,15 @@ def main() -> None:
     ap.add_argument("--procs", type=int, nargs="*", default=[2, 4],
                     help="also time K copies of 'cifar10:resnet18 ad+cutmix:batch_augment' at once, for each K")
     ap.add_argument("--budget-s", type=float, default=1e9, help="stop starting new cases after this many seconds")
+    ap.add_argument("--sync-s", type=float, default=45,
+                    help="--procs copies start timing this many seconds after they are launched (time to warm up)")
     ap.add_argument("--one", help=argparse.SUPPRESS)  # DATASET:RUN:OPTION, prints one JSON line (--procs children)
+    ap.add_argument("--start-at", type=float, help=argparse.SUPPRESS)  # --one: time.time() to start timing at
     ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "gpu_epoch_times.json"))
     a = ap.parse_args()
     device = torch.device(a.device)
     if a.one:
-        print(json.dumps(time_case(*a.one.split(":"), device, a.batch_size, a.steps, a.eval_images)))
+        print(json.dumps(time_case(*a.one.split(":"), device, a.batch_size, a.steps, a.eval_images, a.start_at)))
         return
     start, out = time.perf_counter(), Path(a.out)
     report: dict = {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",

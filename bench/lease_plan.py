@@ -9,16 +9,23 @@ E epochs, all in ``bench/gpu_paper_grid.sh`` (resumable: a second command of the
 finishes what the first one's time limit cut). Test metrics are computed once, after the last
 epoch (``--eval-every E``): an evaluation per epoch would cost the lease as much as training.
 
-The cost model, per dataset, for the one set of GPU options that makes the part shortest:
+The cost model, per dataset, for the GPU option that allows the most epochs:
 
-    part_s = commands x overhead_s + E x (teacher_epoch_s + students_epoch_s) + teacher_eval_s + student_eval_s
+    part_s = commands x overhead_s + warmup_s + E x (teacher_epoch_s + students_epoch_s)
+             + teacher_eval_s + student_eval_s
     students_epoch_s = sum of the seven students' epoch_s / speedup(7)
 
 where speedup(K) = the summed images/s of K runs sharing the GPU over one run's images/s (the
-``shared`` measurements; beyond the largest K measured, that K's speedup; none measured: 1),
-and a student kind that was not timed takes the time of its kind (CE+Mixup as CE+CutMix, AD r=0
-and AD+Mixup as AD+CutMix). E is the largest whole number with part_s inside the lease's work
-time, less --margin.
+``shared`` measurements, CIFAR-10 AD+CutMix only, applied to every dataset; beyond the largest K
+measured, that K's speedup; none measured: 1); the seven students run at once (the printed
+lines set SLOTS=7; bench/device_grid.sh's default of 6 would start the seventh late). A student
+kind that was not timed takes the time of its kind (CE+Mixup as CE+CutMix, AD r=0 and AD+Mixup
+as AD+CutMix); warmup_s is the teacher's plus the slowest student's, student_eval_s the slowest
+student's single-run evaluation. An option is planned only when every run of the part was timed
+with it: gpu_epoch_times.py compiles the teacher and ResNet-18 CE only, so plans use
+batch_augment until the students are timed compiled too. E is the largest whole number with
+part_s inside the lease's work time, less --margin; a second command (the same resumable line)
+pays overhead_s again, not the epoch its predecessor's time limit cut (the margin covers it).
 
     python bench/lease_plan.py bench/results/gpu_epoch_times.json [--start-s 240] [--margin 0.15]
 """
@@ -69,7 +76,7 @@ def part_for(cases: list[dict], shared: list[dict], dataset: str, option: str, a
     for commands in (1, 2):  # a second command (the same resumable line) costs its own start-up
         fixed = fixed_1 + (commands - 1) * a.overhead_s
         limit = min(work_s, commands * a.command_s * (1 - a.margin))
-        epochs = math.floor((limit - fixed) / per_epoch_s) if limit > fixed else 0
+        epochs = math.floor((limit - fixed) / per_epoch_s + 1e-9) if limit > fixed else 0  # exact fits count
         if epochs > 0 and (best is None or epochs > best["epochs"]):
             best = {"commands": commands, "epochs": epochs}
     if best is None:
@@ -111,7 +118,7 @@ def markdown(parts: list[dict], seeds: str, target_epochs: list[int]) -> str:
             continue
         flags = " ".join(OPTION_FLAGS[p["option"]] + ["--eval-every", str(p["epochs"])])
         for seed in seeds.split():
-            lines.append(f"- lease: `bench/gpu_paper_grid.sh .carry \"$OUT/results\" {p['epochs']} \"{seed}\" "
+            lines.append(f"- lease: `SLOTS=7 bench/gpu_paper_grid.sh .carry \"$OUT/results\" {p['epochs']} \"{seed}\" "
                          f"{p['dataset']} {flags}` (x{p['commands']} command{'s' if p['commands'] > 1 else ''})")
         lines.append("  " + "; ".join(leases_needed(p, e) for e in target_epochs))
     return "\n".join(lines)

@@ -48,5 +48,5 @@ def test_a_second_command_is_used_when_it_buys_epochs() -> None:
     (part,) = lease_plan.plan(report([{"procs": 4, "images_per_second_total": 3000}]), limits)
     assert (part["epochs"], part["commands"]) == (20, 2)
     text = lease_plan.markdown([part], "0 1", [100])
-    assert 'bench/gpu_paper_grid.sh .carry "$OUT/results" 20 "1" cifar10 --eval-every 20` (x2 commands)' in text
+    assert '`SLOTS=7 bench/gpu_paper_grid.sh .carry "$OUT/results" 20 "1" cifar10 --eval-every 20` (x2 commands)' in text
     assert "100 epochs do not fit one lease (20 do)" in text
