@@ -12,7 +12,7 @@ import argparse
 import json
 import re
 import statistics
-from collections import defaultdict
+from collections import Counter, defaultdict
 from pathlib import Path
 
 RESULTS = Path(__file__).parent / "results"
@@ -57,10 +57,28 @@ def collect(root: Path = RESULTS) -> dict:
         groups[path.parent.parent.name][method_label(run["config"])].append(
             {"run": path.parent.name, "seed": run["config"]["seed"], "split": run["config"]["split"],
              "pretrained": run["config"].get("pretrained"), "teacher": Path(teacher).name if teacher else None,
-             **run["metrics"]})
+             "budget": (run["config"].get("max_train_per_class") or 0, run["config"]["epochs"]), **run["metrics"]})
     for methods in groups.values():
+        split_by_budget(methods)
         split_by_teacher(methods)
     return groups
+
+
+def split_by_budget(methods: dict) -> None:
+    """Runs of one method trained on other data or for other epochs never share a row (e.g. a
+    teacher trained on more images than its students): the budget most of the label's runs have
+    keeps the label, each other one gets "(<images>/class, <epochs> ep)" after the method name."""
+    for label in list(methods):
+        budgets = Counter(r["budget"] for r in methods[label])
+        if len(budgets) < 2:
+            continue
+        usual = max(budgets, key=lambda b: (budgets[b], b))
+        runs = methods.pop(label)
+        name, backbone = label[:label.index(" [")], label[label.index(" ["):]
+        for r in runs:
+            images, epochs = r["budget"]
+            key = label if r["budget"] == usual else f"{name} ({images or 'all'}/class, {epochs} ep){backbone}"
+            methods[key].append(r)
 
 
 def split_by_teacher(methods: dict) -> None:

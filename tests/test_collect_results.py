@@ -115,3 +115,17 @@ def test_ablation_table_shows_paired_deltas_against_ce_cutmix_and_every_seed(tmp
     # vs CE: acc +4, +2 -> +3.0 ± 1.4; AUROC 0, +1 -> +0.5 ± 0.7. vs CE+CutMix: acc +1, -1; AUROC +3, +3
     assert ad[4:6] == ["+3.0 ± 1.4 / +0.5 ± 0.7", "+0.0 ± 1.4 / +3.0 ± 0.0"]
     assert ad[-1] == "s0 0.740 / 0.640; s1 0.740 / 0.630 |"
+
+
+def test_a_run_on_another_budget_gets_its_own_row_and_leaves_the_pairs_alone(tmp_path: Path) -> None:
+    for seed in (0, 1):
+        write_run(tmp_path, "g", f"ce-seed{seed}", method="ce", mix="none", seed=seed, acc=0.70, auroc=0.60)
+        write_run(tmp_path, "g", f"ad-seed{seed}", method="ad", mix="cutmix", seed=seed, acc=0.72, auroc=0.61)
+    # a CE teacher on more images and other epochs, seed 0: the same method label otherwise
+    write_run(tmp_path, "g", "teacher-seed0", method="ce", mix="none", seed=0, acc=0.83, auroc=0.74,
+              epoch=60, epochs=60, max_train_per_class=500)
+    methods = collect_results.collect(tmp_path)["g"]
+    assert [r["run"] for r in methods["CE [classifier32 w0.25]"]] == ["ce-seed0", "ce-seed1"]
+    assert [r["run"] for r in methods["CE (500/class, 60 ep) [classifier32 w0.25]"]] == ["teacher-seed0"]
+    d = collect_results.paired_deltas(methods, "AD+CutMix [classifier32 w0.25]")
+    assert [round(x, 4) for x in d["accuracy"]] == [0.02, 0.02]
