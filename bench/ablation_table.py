@@ -17,12 +17,11 @@ AGAINST = ("CE", "CE+CutMix", "KD+CutMix")  # CE: does a variant reach its AUROC
 
 
 def points(values: list[float], signed: bool = False) -> str:
-    mean = f"{statistics.mean(values) * 100:{'+' if signed else ''}.1f}"
-    return mean + (f" ± {statistics.stdev(values) * 100:.1f}" if len(values) > 1 else "")
+    return fraction([v * 100 for v in values], 1, signed)
 
 
-def fraction(values: list[float], digits: int = 3) -> str:
-    mean = f"{statistics.mean(values):.{digits}f}"
+def fraction(values: list[float], digits: int = 3, signed: bool = False) -> str:
+    mean = f"{statistics.mean(values):{'+' if signed else ''}.{digits}f}"
     return mean + (f" ± {statistics.stdev(values):.{digits}f}" if len(values) > 1 else "")
 
 

@@ -68,17 +68,12 @@ def split_by_budget(methods: dict) -> None:
     """Runs of one method trained on other data or for other epochs never share a row (e.g. a
     teacher trained on more images than its students): the budget most of the label's runs have
     keeps the label, each other one gets "(<images>/class, <epochs> ep)" after the method name."""
-    for label in list(methods):
-        budgets = Counter(r["budget"] for r in methods[label])
-        if len(budgets) < 2:
-            continue
-        usual = max(budgets, key=lambda b: (budgets[b], b))
-        runs = methods.pop(label)
-        name, backbone = label[:label.index(" [")], label[label.index(" ["):]
-        for r in runs:
-            images, epochs = r["budget"]
-            key = label if r["budget"] == usual else f"{name} ({images or 'all'}/class, {epochs} ep){backbone}"
-            methods[key].append(r)
+    def suffix(r: dict, budgets: Counter) -> str:
+        if r["budget"] == max(budgets, key=lambda b: (budgets[b], b)):
+            return ""
+        images, epochs = r["budget"]
+        return f" ({images or 'all'}/class, {epochs} ep)"
+    _split_rows(methods, lambda r: r["budget"], suffix)
 
 
 def split_by_teacher(methods: dict) -> None:
@@ -86,14 +81,20 @@ def split_by_teacher(methods: dict) -> None:
     one teacher becomes one label per teacher ("KD+CutMix from <teacher folder> [backbone]").
     Teachers that differ only in their seed suffix (cpu_grid.sh: one teacher per student seed)
     count as one."""
+    _split_rows(methods, lambda r: teacher_key(r["teacher"]), lambda r, _: f" from {teacher_key(r['teacher'])}")
+
+
+def _split_rows(methods: dict, key, suffix) -> None:
+    """Relabel the runs of every label whose runs differ in ``key``: method name + ``suffix(run,
+    Counter of keys)`` + backbone."""
     for label in list(methods):
-        teachers = {teacher_key(r["teacher"]) for r in methods[label]}
-        if len(teachers) < 2:
+        keys = Counter(key(r) for r in methods[label])
+        if len(keys) < 2:
             continue
         runs = methods.pop(label)
         name, backbone = label[:label.index(" [")], label[label.index(" ["):]
         for r in runs:
-            methods[f"{name} from {teacher_key(r['teacher'])}{backbone}"].append(r)
+            methods[f"{name}{suffix(r, keys)}{backbone}"].append(r)
 
 
 def teacher_key(teacher: str | None) -> str | None:

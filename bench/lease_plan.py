@@ -72,20 +72,17 @@ def part_for(cases: list[dict], shared: list[dict], dataset: str, option: str, a
     warmup_s = teacher.get("warmup_s", 0) + max(by_run[run].get("warmup_s", 0) for run in STUDENTS.values())
     fixed_1 = a.overhead_s + warmup_s + teacher["eval_s"] + max(by_run[r]["eval_s"] for r in STUDENTS.values())
     work_s = (a.lease_s - a.start_s) * (1 - a.margin)
-    best = None
+    best = {"commands": 0, "epochs": 0}
     for commands in (1, 2):  # a second command (the same resumable line) costs its own start-up
         fixed = fixed_1 + (commands - 1) * a.overhead_s
         limit = min(work_s, commands * a.command_s * (1 - a.margin))
         epochs = math.floor((limit - fixed) / per_epoch_s + 1e-9) if limit > fixed else 0  # exact fits count
-        if epochs > 0 and (best is None or epochs > best["epochs"]):
+        if epochs > best["epochs"]:
             best = {"commands": commands, "epochs": epochs}
-    if best is None:
-        return {"dataset": dataset, "option": option, "epochs": 0, "commands": 0,
-                "teacher_epoch_s": teacher["epoch_s"], "students_epoch_s": round(students_epoch_s, 2),
-                "speedup": round(gain, 2), "part_s": None}
     part_s = fixed_1 + (best["commands"] - 1) * a.overhead_s + best["epochs"] * per_epoch_s
     return {"dataset": dataset, "option": option, **best, "teacher_epoch_s": teacher["epoch_s"],
-            "students_epoch_s": round(students_epoch_s, 2), "speedup": round(gain, 2), "part_s": round(part_s)}
+            "students_epoch_s": round(students_epoch_s, 2), "speedup": round(gain, 2),
+            "part_s": round(part_s) if best["epochs"] else None}
 
 
 def plan(report: dict, a: argparse.Namespace) -> list[dict]:
@@ -99,7 +96,7 @@ def plan(report: dict, a: argparse.Namespace) -> list[dict]:
 
 
 def leases_needed(part: dict, epochs: int) -> str:
-    """How a schedule of ``epochs`` epochs would fit: it does not, without a checkpoint carried over."""
+    """Whether a schedule of ``epochs`` epochs fits one lease (a checkpoint does not carry over)."""
     if part["epochs"] >= epochs:
         return f"{epochs} epochs fit one lease"
     return f"{epochs} epochs do not fit one lease ({part['epochs']} do)"

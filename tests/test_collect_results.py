@@ -2,7 +2,6 @@
 
 import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import pytest
@@ -101,10 +100,10 @@ def test_students_of_two_teachers_are_never_averaged_together(tmp_path: Path) ->
     assert len(methods["AD+CutMix [classifier32 w0.25]"]) == 2  # one teacher per seed (cpu_grid.sh) is one teacher
 
 
-def test_ablation_table_shows_paired_deltas_against_ce_cutmix_and_every_seed(tmp_path: Path) -> None:
+def test_ablation_table_shows_paired_deltas_against_ce_cutmix_and_every_seed(tmp_path: Path, monkeypatch) -> None:
     spec = importlib.util.spec_from_file_location("ablation_table", Path(__file__).parents[1] / "bench" / "ablation_table.py")
     ablation_table = importlib.util.module_from_spec(spec)
-    sys.path.insert(0, str(Path(__file__).parents[1] / "bench"))
+    monkeypatch.syspath_prepend(str(Path(__file__).parents[1] / "bench"))  # its `from collect_results import`
     spec.loader.exec_module(ablation_table)
     for seed, (ce, cut, ad) in enumerate([((0.70, 0.64), (0.73, 0.61), (0.74, 0.64)), ((0.72, 0.62), (0.75, 0.60), (0.74, 0.63))]):
         write_run(tmp_path, "g", f"ce-seed{seed}", method="ce", mix="none", seed=seed, acc=ce[0], auroc=ce[1])
