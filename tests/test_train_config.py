@@ -42,3 +42,21 @@ def test_command_line_rebuilds_the_same_config():
     assert line.startswith("osr-train --dataset cifar10 --split 0 ")
     again = config_from_args(shlex.split(line)[1:])
     assert again.digest() == cfg.digest()
+
+
+def test_eval_every_does_not_change_the_digest_and_older_runs_stay_resumable():
+    """Test metrics are reporting only: --eval-every is outside the digest, hashed at 1 (its default until
+    evaluation moved to the end of a run), so runs checkpointed before keep their digests."""
+    import hashlib
+    import json
+
+    from osr.train.config import _ADDED_LATER, _NOT_IN_DIGEST
+
+    assert TrainConfig().eval_every == 0
+    assert TrainConfig().digest() == TrainConfig(eval_every=1).digest() == TrainConfig(eval_every=7).digest()
+    # the digest an older osr-train wrote for a default run (eval_every 1 in the hashed config)
+    old = {k: v for k, v in TrainConfig(eval_every=1).to_dict().items() if k not in _NOT_IN_DIGEST}
+    old = {k: v for k, v in old.items() if not (k in _ADDED_LATER and v == _ADDED_LATER[k])}
+    assert TrainConfig().digest() == hashlib.sha256(json.dumps(old, sort_keys=True).encode()).hexdigest()[:16]
+    with pytest.raises(ValueError, match="eval_every must be 0"):
+        TrainConfig(eval_every=-1)

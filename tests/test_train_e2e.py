@@ -148,3 +148,30 @@ def test_batch_augment_trains_with_the_same_steps_per_epoch(tmp_path):
     metrics = on_device.fit()
     assert json.loads((tmp_path / "d" / "log.jsonl").read_text().splitlines()[0])["steps"] == plain.steps_per_epoch
     assert 0.0 <= metrics["auroc"] <= 1.0
+
+
+def test_test_metrics_after_the_last_epoch_by_default_and_older_runs_resume(tmp_path):
+    """By default the test sets are evaluated once, after the last epoch (metrics.json is complete then);
+    a run checkpointed by an older osr-train (evaluating every epoch, or every --eval-every N with N in
+    its digest) resumes under the new default."""
+    from osr.train.checkpoint import atomic_torch_save
+
+    Trainer(tiny_config(tmp_path / "new"), progress=False).fit()
+    log = [json.loads(line) for line in (tmp_path / "new" / "log.jsonl").read_text().splitlines()]
+    assert ["test" in e for e in log] == [False, True]
+    assert json.loads((tmp_path / "new" / "metrics.json").read_text())["metrics"] == log[-1]["test"]
+
+    for every in (1, 3):
+        out = tmp_path / f"old{every}"
+        crashed = Trainer(tiny_config(out, eval_every=every), progress=False)
+        crashed.fit(stop_after=1)
+        ckpt = load_checkpoint(out)
+        ckpt["config_digest"] = crashed.cfg.digest(eval_every=every)  # what an older osr-train wrote
+        ckpt["run_id"] = f"old{every}-from-before"
+        ckpt.pop("path", None)
+        atomic_torch_save(ckpt, out / "checkpoint.pt")
+        resumed = Trainer(tiny_config(out, resume=True), progress=False)
+        assert resumed.epoch == 1 and resumed.run_id == f"old{every}-from-before"
+        assert "auroc" in resumed.fit()
+    with pytest.raises(CheckpointError, match="another config"):
+        Trainer(tiny_config(tmp_path / "old3", resume=True, epochs=3, seed=1), progress=False)

@@ -6,9 +6,38 @@ so ``--help`` and argument errors answer without importing torch.
 
 from __future__ import annotations
 
+import os
+import re
+import shlex
 import sys
+import time
 
-from .config import config_from_args
+from .config import TrainConfig, config_from_args
+
+
+def _duration(seconds: float) -> str:
+    minutes, seconds = divmod(round(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours} h {minutes} min" if hours else f"{minutes} min {seconds} s" if minutes else f"{seconds} s"
+
+
+def done_summary(cfg: TrainConfig, metrics: dict, seconds: float) -> str:
+    """What osr-train says at the end: the test numbers in words, where the checkpoint is, what to run next."""
+    run = cfg.run_dir
+    lines = [f"osr-train: done in {_duration(seconds)} ({cfg.epochs} epoch{'s' if cfg.epochs != 1 else ''})."]
+    if "accuracy" in metrics:
+        text = (f"  test: {100 * metrics['accuracy']:.1f} % of the {metrics.get('n_known', '?')} known test images "
+                "classified correctly")
+        if "auroc" in metrics:
+            text += (f"; known vs unknown AUROC {metrics['auroc']:.3f} over {metrics.get('n_unknown', '?')} unknown "
+                     f"images ({cfg.score} score; 0.5 is chance, 1.0 perfect)")
+        else:
+            text += "; no unknown test images, so no AUROC (add some under the data root's unknown/ folder)"
+        lines.append(text)
+    name = re.sub(r"[^A-Za-z0-9_.-]+", "-", os.path.basename(os.path.normpath(run))).strip("-.") or "model"
+    lines += [f"  checkpoint: {os.path.join(run, 'checkpoint.pt')} (metrics.json, log.jsonl and curves.png beside it)",
+              f"  next: osr-export {shlex.quote(run)} --name {name}   # a calibrated model in exports/{name}/"]
+    return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -22,6 +51,7 @@ def main(argv: list[str] | None = None) -> int:
     from .data import DataError
     from .trainer import NonFiniteLossError, Trainer
 
+    started = time.perf_counter()
     try:
         metrics = Trainer(cfg).fit()
     except (DataError, CheckpointError, NonFiniteLossError, FileNotFoundError, ValueError) as e:
@@ -32,7 +62,8 @@ def main(argv: list[str] | None = None) -> int:
 
         if dist.is_initialized():
             dist.destroy_process_group()
-    print(f"osr-train: done: {cfg.run_dir}/checkpoint.pt {metrics}")
+    if os.environ.get("RANK", "0") == "0":  # under torchrun, rank 0 alone evaluated and speaks
+        print(done_summary(cfg, metrics, time.perf_counter() - started), flush=True)
     return 0
 
 

@@ -89,7 +89,9 @@ class TrainConfig:
     channels_last: bool = _f(True, "channels_last memory format on CUDA")
     compile: bool = _f(False, "torch.compile the student's and teacher's training passes (CUDA hosts; the first "
                                  "steps of a run compile, so time later epochs)")
-    eval_every: int = _f(1, "evaluate on the test sets every N epochs (always after the last)")
+    eval_every: int = _f(0, "also evaluate on the test sets every N epochs (reporting only; each evaluation runs "
+                            "over every test image, or --max-test-per-class of each class)",
+                         shown="0: only after the last epoch")
     out: str | None = _f(None, "run folder", shown="runs/<dataset>-s<split>-<arch>-<method>[-<mix>]-seed<seed>")
     resume: bool = _f(False, "continue the run in --out from its checkpoint")
 
@@ -105,6 +107,8 @@ class TrainConfig:
                 self.mix = "cutmix"
         if self.epochs < 1 or self.batch_size < 1:
             raise ValueError("epochs and batch_size must be positive")
+        if self.eval_every < 0:
+            raise ValueError(f"eval_every must be 0 (only after the last epoch) or positive, got {self.eval_every}")
         self.lr_milestones = tuple(self.lr_milestones)
 
     @property
@@ -119,9 +123,13 @@ class TrainConfig:
         d["lr_milestones"] = list(self.lr_milestones)
         return d
 
-    def digest(self) -> str:
-        """A short hash of everything that shapes the result (not where it is written)."""
+    def digest(self, eval_every: int = 1) -> str:
+        """A short hash of everything that shapes the result (not where it is written, nor how often it is
+        evaluated: the test sets are for reporting only). ``eval_every`` is hashed as the given value, 1 (its
+        default when the first runs were checkpointed), so their digests stay valid whatever --eval-every says
+        now; a run checkpointed with another --eval-every has that value in its digest (Trainer._resume)."""
         d = {k: v for k, v in self.to_dict().items() if k not in _NOT_IN_DIGEST}
+        d["eval_every"] = eval_every
         for k, default in _ADDED_LATER.items():  # at its default an added knob keeps old runs resumable
             if d[k] == default:
                 del d[k]

@@ -16,10 +16,12 @@ from __future__ import annotations
 
 import logging
 import math
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
 
 from osr.images import DecodeError, decode_file, resize_for_model
 
@@ -152,6 +154,41 @@ def report_bad_images(bad: list[tuple[Path, str]], skip: bool) -> None:
         raise DataError(f"{len(bad)} image file(s) do not decode (fix or remove them, or pass --skip-bad-images "
                         "to train without them):\n  " + "\n  ".join(lines))
     log.warning("--skip-bad-images: left out %d image file(s) that do not decode:\n  %s", len(bad), "\n  ".join(lines))
+
+
+def image_sizes(paths: list[Path]) -> Counter:
+    """(width, height) -> number of files, from the file headers (nothing is decoded); unreadable files are left out."""
+    sizes: Counter = Counter()
+    for path in paths:
+        try:
+            with Image.open(path) as image:
+                sizes[image.size] += 1
+        except (OSError, ValueError, Image.DecompressionBombError):
+            continue
+    return sizes
+
+
+def resize_note(root: Path, size: int, given: int | None = None, input_size: int | None = None) -> str | None:
+    """One line saying that the training images of ``root/train`` are resized to ``size`` px, or None when
+    they are all ``size`` x ``size`` already. ``given``: the --image-size the user passed (None: the default)."""
+    train = Path(root) / "train"
+    if not train.is_dir():
+        return None
+    sizes = image_sizes([path for c in _class_folders(train) for path in list_images(train / c)])
+    total = sum(sizes.values())
+    if total == 0 or set(sizes) == {(size, size)}:
+        return None
+    (width, height), count = sizes.most_common(1)[0]
+    found = (f"are {width}x{height} px" if count == total else
+             f"come in {len(sizes)} sizes (most often {width}x{height} px: {count} of {total})")
+    why = f"--image-size {size}" + ("" if given else ", the default for image folders")
+    text = (f"the training images in {train} {found} and are resized to {size}x{size} px ({why}; shorter side to "
+            f"{size} px, then a centre crop; test, calibration and served images alike)")
+    if input_size and input_size != size:
+        text += f", then to {input_size} px inside the network (--input-size)"
+    if count == total and width == height:
+        text += f"; pass --image-size {width} to train at their own size"
+    return text
 
 
 def holdout_size(counts: list[int], fraction: float) -> int:

@@ -92,13 +92,16 @@ def resolve_device(name: str, local_rank: int = 0) -> torch.device:
 
 @torch.no_grad()
 def predict_logits(model: nn.Module, norm: Normalize, x: np.ndarray, device: torch.device,
-                   batch_size: int = 512, amp: bool = False) -> np.ndarray:
+                   batch_size: int = 512, amp: bool = False, bar: tqdm | None = None) -> np.ndarray:
+    """Logits of uint8 NHWC images, in batches; ``bar`` (a progress bar) advances by each batch's images."""
     model.eval()
     out = []
     for i in range(0, len(x), batch_size):
         xb = torch.from_numpy(x[i : i + batch_size]).to(device).permute(0, 3, 1, 2)
         with _autocast(device, amp):
             out.append(model(norm(xb)).float().cpu())
+        if bar is not None:
+            bar.update(len(xb))
     return torch.cat(out).numpy() if out else np.empty((0, 0), np.float32)
 
 
@@ -107,10 +110,14 @@ def _autocast(device: torch.device, amp: bool):
 
 
 def evaluate(model: nn.Module, norm: Normalize, data: OpenSetData, device: torch.device,
-             score: str = "max_logit", amp: bool = False) -> dict:
-    """Closed-set accuracy and open-set metrics on the test sets (reporting only, never selection)."""
-    kl = predict_logits(model, norm, data.test_known_x, device, amp=amp)
-    ul = predict_logits(model, norm, data.test_unknown_x, device, amp=amp)
+             score: str = "max_logit", amp: bool = False, progress: bool = False) -> dict:
+    """Closed-set accuracy and open-set metrics on the test sets (reporting only, never selection);
+    ``progress`` shows a bar over the known and unknown test images."""
+    total = len(data.test_known_x) + len(data.test_unknown_x)
+    with tqdm(total=total, desc=f"evaluating on {total} test images", unit="img", disable=not progress,
+              leave=False, dynamic_ncols=True) as bar:
+        kl = predict_logits(model, norm, data.test_known_x, device, amp=amp, bar=bar)
+        ul = predict_logits(model, norm, data.test_unknown_x, device, amp=amp, bar=bar)
     if len(ul) == 0:
         return {"accuracy": float((kl.argmax(1) == data.test_known_y).mean()), "n_known": len(kl), "n_unknown": 0}
     m = open_set_metrics(kl, data.test_known_y, ul, score=score)
@@ -171,6 +178,7 @@ class Trainer:
             split_seed=cfg.split_seed, max_train_per_class=cfg.max_train_per_class,
             max_test_per_class=cfg.max_test_per_class, download=cfg.download,
             skip_bad_images=cfg.skip_bad_images)
+        self.image_size_given = cfg.image_size  # None: the dataset's default (for the resize note)
         cfg.image_size = self.data.image_size
         self.mean, self.std = self.data.normalize_stats()
         self.norm = Normalize(self.mean, self.std).to(self.device)
@@ -251,8 +259,11 @@ class Trainer:
         if not path.exists():
             raise FileNotFoundError(f"--resume: no checkpoint at {path}")
         ckpt = load_checkpoint(path)
-        if ckpt["config_digest"] != self.cfg.digest():
+        # a run checkpointed with an --eval-every other than 1 has that value in its digest (TrainConfig.digest)
+        digests = {self.cfg.digest(), self.cfg.digest(eval_every=ckpt["config"].get("eval_every", 1))}
+        if ckpt["config_digest"] not in digests:
             raise CheckpointError(f"--resume: {path} was written with another config; use a new --out")
+        self.run_id = ckpt.get("run_id") or self.run_id
         self.model.load_state_dict(ckpt["model"])
         self.opt.load_state_dict(ckpt["optimizer"])
         self.sched.load_state_dict(ckpt["scheduler"])
@@ -307,29 +318,48 @@ class Trainer:
                 "images_per_second": n * x.shape[0] * self.world / (time.perf_counter() - t0),
                 "terms": terms.means()}
 
+    def _epoch_summary(self, stats: dict, test: dict | None, eval_seconds: float | None) -> str:
+        """One readable line per epoch: loss and speed, and the test metrics when it was evaluated."""
+        text = (f"epoch {self.epoch}/{self.cfg.epochs}: loss {stats['train_loss']:.4f}, "
+                f"{stats['epoch_seconds']:.0f} s ({stats['images_per_second']:.0f} img/s)")
+        if test:
+            text += f"; test: accuracy {100 * test['accuracy']:.1f} %"
+            if "auroc" in test:
+                text += f", AUROC {test['auroc']:.3f}, OSCR {test['oscr']:.3f}"
+            text += f" ({eval_seconds:.0f} s)"
+        return text
+
     def fit(self, stop_after: int | None = None) -> dict:
         """Train to cfg.epochs (or stop after ``stop_after`` epochs of this call, to simulate a crash)."""
         cfg, done = self.cfg, 0
         if self.main:
+            when = (f"every {cfg.eval_every} epochs and after the last" if cfg.eval_every > 1 else
+                    "after every epoch" if cfg.eval_every == 1 else "after the last epoch (--eval-every N for more)")
             print(f"osr-train: {self.run_id} on {self.device} x{self.world}: {len(self.dataset)} train, "
                   f"{len(self.data.calib_x)} calibration, {len(self.data.test_known_x)} known test, "
-                  f"{len(self.data.test_unknown_x)} unknown test images; {self.steps_per_epoch} steps/epoch",
-                  flush=True)
+                  f"{len(self.data.test_unknown_x)} unknown test images; {self.steps_per_epoch} steps/epoch; "
+                  f"test metrics {when}", flush=True)
+            if cfg.dataset == "imagefolder":
+                from .folder_check import resize_note
+
+                note = resize_note(Path(cfg.data_root), self.data.image_size, self.image_size_given, cfg.input_size)
+                if note:
+                    print(f"osr-train: note: {note}", flush=True)
         while self.epoch < cfg.epochs:
             stats = self.train_epoch()
             self.epoch += 1
             done += 1
             line = {"epoch": self.epoch, "lr": self.opt.param_groups[0]["lr"], **stats}
             if self.main:
-                if self.epoch % cfg.eval_every == 0 or self.epoch == cfg.epochs:
-                    self.metrics = evaluate(self.model, self.norm, self.data, self.device, cfg.score, cfg.amp)
+                eval_seconds = None
+                if (cfg.eval_every and self.epoch % cfg.eval_every == 0) or self.epoch == cfg.epochs:
+                    t0 = time.perf_counter()
+                    self.metrics = evaluate(self.model, self.norm, self.data, self.device, cfg.score, cfg.amp,
+                                            progress=self.progress)
+                    eval_seconds = time.perf_counter() - t0
                     line["test"] = self.metrics
                 self._write(line)
-                m = self.metrics
-                if "auroc" in line.get("test", {}):
-                    print(f"epoch {self.epoch}: loss {stats['train_loss']:.4f} acc {m['accuracy']:.4f} "
-                          f"auroc {m['auroc']:.4f} oscr {m['oscr']:.4f} "
-                          f"({stats['images_per_second']:.0f} img/s)", flush=True)
+                print(self._epoch_summary(stats, line.get("test"), eval_seconds), flush=True)
             if self.world > 1:
                 dist.barrier()
             if stop_after is not None and done >= stop_after:
