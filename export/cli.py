@@ -260,8 +260,25 @@ def main(argv: Sequence[str] | None = None) -> int:
         version_dir = run(args)
     except expected_errors as error:
         raise SystemExit(f"osr-export: error: {error}") from None
+    say_false_rejection(version_dir)
+    log.info("serve it: osr-serve --model-repository %s --model %s (or make serve REPOSITORY=%s MODEL=%s)",
+             args.repository, version_dir.parent.name, args.repository, version_dir.parent.name)
     print(version_dir)
     return 0
+
+
+def say_false_rejection(version_dir: Path) -> None:
+    """The realised false-rejection rate against the one band to read, on the console (a note when outside)."""
+    import json
+
+    from osr.export.report import band_note
+
+    report = version_dir / "report" / "report.json"
+    if not report.is_file():  # --no-report
+        return
+    record = json.loads(report.read_text(encoding="utf-8"))["false_rejection"]
+    note = band_note(record)
+    (log.warning if note.startswith("note: ") else log.info)("%s (%s)", note, report.with_suffix(".md"))
 
 
 if __name__ == "__main__":

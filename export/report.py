@@ -45,7 +45,62 @@ def _false_rejection(known: dict, known_y: np.ndarray, threshold: ConformalThres
     record["per_true_class"] = [
         float(rejected[known_y == c].mean()) if np.any(known_y == c) else None for c in range(num_classes)
     ]
+    record["band_to_read"] = band_to_read(record, pac=threshold.confidence is not None)
     return record
+
+
+def band_to_read(record: dict, pac: bool = False) -> dict:
+    """The one band a user should compare the realised false-rejection rate with, and the verdict.
+
+    Plain split conformal: the band that includes the calibration draw (the threshold is itself random, so
+    the binomial band around alpha is too narrow and misses more often than its level says). Per-class
+    thresholds: the binomial band around alpha. PAC (--confidence): only the binomial band's top counts; a
+    rate under it is what such a threshold aims for.
+    """
+    rate = record["false_rejection_rate"]
+    if "conformal_band" in record:
+        name, (low, high) = "conformal_band", record["conformal_band"]
+        what = "the band that includes the randomness of the calibration draw"
+    else:
+        name, (low, high) = "binomial_band", record["binomial_band"]
+        what = "the binomial band around alpha"
+    if pac:
+        verdict = "above" if rate > high else "ok"
+        what += " (with --confidence only its top counts)"
+    else:
+        verdict = "above" if rate > high else "below" if rate < low else "ok"
+    return {"name": name, "band": [low, high], "level": record["band_level"], "what": what, "verdict": verdict}
+
+
+_NOT_EXCHANGEABLE = ("Either chance (under 1 in 100 exports) or the test images are not like the calibration images "
+                     "(held out from train/): the guarantee holds only for images exchangeable with those")
+_MISS = {
+    "above": "known images are rejected more often than alpha promises. " + _NOT_EXCHANGEABLE,
+    "below": "fewer known images are rejected than alpha targets (and likely fewer unknown ones). " + _NOT_EXCHANGEABLE,
+}
+
+
+def _band_words(record: dict) -> tuple[dict, str]:
+    read = record.get("band_to_read") or band_to_read(record)
+    low, high = read["band"]
+    return read, f"{round(100 * read['level'])} % band [{low:.4f}, {high:.4f}], {read['what']}"
+
+
+def band_note(record: dict) -> str:
+    """One line for the console: the realised false-rejection rate against the band to read; it starts
+    with "note: " and says what a miss means when the rate is outside."""
+    read, band = _band_words(record)
+    rate = (f"false-rejection rate {record['false_rejection_rate']:.4f} on {record['n_known_test']} known test "
+            f"images (alpha {record['target']:g})")
+    if read["verdict"] == "ok":
+        return f"{rate}: inside the band to read, the {band}"
+    return f"note: {rate} is {read['verdict'].upper()} the band to read, the {band}: {_MISS[read['verdict']]}"
+
+
+def _band_paragraph(record: dict) -> str:
+    read, band = _band_words(record)
+    verdict = "inside it" if read["verdict"] == "ok" else f"**{read['verdict']} it**: {_MISS[read['verdict']]}"
+    return f"**The band to read** is the {band}: the realised rate {record['false_rejection_rate']:.4f} is {verdict}."
 
 
 def compute_report(
@@ -174,7 +229,12 @@ def _markdown(metrics: dict, figures: list[tuple[str, str]], score_note: str = "
     lines += [
         f"| closed-set accuracy | {_fmt(metrics['accuracy'])} |",
         f"| correct and accepted | {_fmt(metrics['correct_and_accepted_rate'])} |",
+        "",
+        _band_paragraph(fr),
     ]
+    if "conformal_band" in fr:
+        lines.append("The binomial band above leaves out the calibration draw (the threshold is itself random): it is "
+                     "narrower, and a rate outside it but inside the band to read is expected.")
     if "auroc" in metrics:
         lines += [
             "",

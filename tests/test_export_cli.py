@@ -173,3 +173,39 @@ def test_help_shows_the_defaults() -> None:
     text = " ".join(cli.build_parser().format_help().split())
     assert "default: ./exports, ignored by git" in text and "default: max_logit" in text
     assert cli.build_parser().get_default("repository") == Path("exports")
+
+
+def test_a_false_rejection_rate_outside_the_band_to_read_is_a_console_note(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, caplog: pytest.LogCaptureFixture, capsys
+) -> None:
+    """After the export, the realised false-rejection rate is said against the one band to read (the report's
+    band_to_read); outside it, a warning-level note says so. The version folder stays the only stdout."""
+    import logging
+
+    from osr.export.conformal import ConformalThreshold
+    from osr.export.report import _false_rejection
+
+    threshold = ConformalThreshold(value=0.0, target_false_rejection=0.05, method="split_conformal",
+                                   n_calibration=299, rank=15)
+    version_dir = tmp_path / "exports" / "m" / "1"
+    (version_dir / "report").mkdir(parents=True)
+
+    def fake_run(rejected: int):
+        label = np.where(np.arange(1000) < rejected, -1, 0)
+        record = _false_rejection({"label": label, "logits": np.tile([[1.0, 0.0]], (1000, 1))}, np.zeros(1000, int),
+                                  threshold, 2)
+        (version_dir / "report" / "report.json").write_text(json.dumps({"false_rejection": record}))
+        return lambda args: version_dir
+
+    for rejected, level, words in ((50, logging.INFO, ": inside the band to read, the 99 % band ["),
+                                   (5, logging.WARNING, " is BELOW the band to read, the 99 % band ["),
+                                   (200, logging.WARNING, " is ABOVE the band to read, the 99 % band [")):
+        monkeypatch.setattr(cli, "run", fake_run(rejected))
+        caplog.clear()
+        with caplog.at_level(logging.INFO, logger="osr"):
+            assert cli.main([str(tmp_path / "run"), "--repository", str(tmp_path / "exports"), "--name", "m"]) == 0
+        notes = [r for r in caplog.records if "false-rejection rate" in r.getMessage()]
+        assert len(notes) == 1 and notes[0].levelno == level and words in notes[0].getMessage()
+        assert notes[0].getMessage().startswith("note: " if level == logging.WARNING else "false-rejection rate")
+        assert notes[0].getMessage().endswith(f"({version_dir / 'report' / 'report.md'})")
+        assert capsys.readouterr().out == f"{version_dir}\n"

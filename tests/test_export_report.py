@@ -47,3 +47,42 @@ def test_band_verdicts() -> None:
         assert record["consistent_with_guarantee"] is (rejected / 400 <= high)
     assert record["binomial_band"] == [low, high] and "conformal_band" in record
     assert record["per_true_class"] == [0.0, None]
+
+
+def _record(rejected: int, n: int = 400, **threshold_args) -> dict:
+    args = dict(value=0.0, target_false_rejection=0.1, method="split_conformal", n_calibration=199, rank=20)
+    threshold = ConformalThreshold(**{**args, **threshold_args})
+    label = np.where(np.arange(n) < rejected, -1, 0)
+    return _false_rejection({"label": label, "logits": np.tile([[1.0, 0.0]], (n, 1))}, np.zeros(n, int), threshold, 2)
+
+
+def test_one_band_to_read_and_its_console_note() -> None:
+    """Split conformal: the band including the calibration draw is the one to read (the binomial band is
+    too narrow for a random threshold); PAC: only the binomial band's top; a miss is a note saying why."""
+    from osr.export.report import _markdown, band_note
+
+    low, high = binomial_band(0.1, 400, 0.99)
+    just_out = int(high * 400) + 2  # outside the binomial band, inside the wider conformal one
+    record = _record(just_out)
+    assert not record["inside_binomial_band"] and record["inside_conformal_band"]
+    assert record["band_to_read"]["name"] == "conformal_band" and record["band_to_read"]["verdict"] == "ok"
+    assert band_note(record).startswith(f"false-rejection rate {just_out / 400:.4f} on 400 known test images (alpha "
+                                        "0.1): inside the band to read, the 99 % band [")
+
+    above, below = _record(200), _record(0)
+    assert band_note(above).startswith("note: false-rejection rate 0.5000 on 400 known test images (alpha 0.1) is "
+                                       "ABOVE the band to read, the 99 % band [")
+    assert "rejected more often than alpha promises" in band_note(above)
+    assert " is BELOW the band to read" in band_note(below) and "not like the calibration images" in band_note(below)
+
+    pac_low = _record(0, confidence=0.9)
+    assert pac_low["band_to_read"] == {"name": "binomial_band", "band": [low, high], "level": 0.99, "verdict": "ok",
+                                       "what": "the binomial band around alpha (with --confidence only its top counts)"}
+    assert _record(200, confidence=0.9)["band_to_read"]["verdict"] == "above"
+
+    metrics = {"computed_with": "onnxruntime", "score_function": "max_logit", "accuracy": 1.0,
+               "correct_and_accepted_rate": 0.5, "false_rejection": below,
+               "threshold": {"method": "split_conformal", "target_false_rejection": 0.1, "confidence": None,
+                             "value": 0.0, "rank": 20, "n_calibration": 199, "per_class": None}}
+    text = _markdown(metrics, [])
+    assert "**The band to read** is the 99 % band [" in text and "the realised rate 0.0000 is **below it**" in text
