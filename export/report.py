@@ -318,7 +318,8 @@ def _training_section(provenance: dict) -> str:
              + f", {config.get('epochs')} epochs, seed {config.get('seed')}, "
              + (f"{config['max_train_per_class']} training images per class" if config.get("max_train_per_class")
                 else "every training image")
-             + f" of {config.get('dataset')} split {config.get('split')}"]
+             + (f" of the image folders in `{config.get('data_root')}`" if config.get("dataset") == "imagefolder"
+                else f" of {config.get('dataset')} split {config.get('split')}")]
     teacher = provenance.get("teacher")
     if teacher:
         t_input = teacher.get("input") or {}

@@ -44,6 +44,23 @@ def test_command_line_rebuilds_the_same_config():
     assert again.digest() == cfg.digest()
 
 
+def test_command_line_carries_the_data_root_and_reruns_as_written():
+    """The data root is always written out (its default depends on OSR_DATA_ROOT where the line is run),
+    and values that need quoting are quoted, so the line parses back to the same config."""
+    import shlex
+
+    from osr.train.config import command_line, config_from_args
+
+    cfg = config_from_args(["--dataset", "imagefolder", "--data-root", "my data/folders", "--image-size", "28",
+                            "--out", "runs/my classes"])
+    line = command_line(cfg.to_dict())
+    assert line.startswith("osr-train --dataset imagefolder --split 0 --data-root 'my data/folders' ")
+    again = config_from_args(shlex.split(line)[1:])
+    assert again.to_dict() == cfg.to_dict()
+    default_root = config_from_args([])
+    assert f"--data-root {default_root.data_root}" in command_line(default_root.to_dict())
+
+
 def test_eval_every_does_not_change_the_digest_and_older_runs_stay_resumable():
     """Test metrics are reporting only: --eval-every is outside the digest, hashed at 1 (its default until
     evaluation moved to the end of a run), so runs checkpointed before keep their digests."""

@@ -11,6 +11,7 @@ import dataclasses
 import hashlib
 import json
 import os
+import shlex
 import types
 import typing
 from dataclasses import dataclass, field
@@ -201,22 +202,24 @@ def config_from_args(argv: list[str] | None = None) -> TrainConfig:
 
 
 def command_line(config: dict) -> str:
-    """The ``osr-train`` command that rebuilds a run from its saved config: every flag off its default."""
+    """The ``osr-train`` command that rebuilds a run from its saved config, runnable as written (from the
+    folder the run was started in): the dataset, split and data root, then every flag off its default."""
     defaults = TrainConfig.__dataclass_fields__
     parts = ["osr-train"]
     for name, value in config.items():
-        if name not in defaults or name in ("resume", "workers", "device", "data_root"):
+        if name not in defaults or name in ("resume", "workers", "device"):
             continue
         default = defaults[name].default
         if isinstance(default, tuple):
             default = list(default)
-        if (value == default or value is None) and name not in ("dataset", "split"):
+        # data_root's default is whatever OSR_DATA_ROOT says where the command is run: always written out
+        if value is None or (value == default and name not in ("dataset", "split", "data_root")):
             continue
         flag = "--" + name.replace("_", "-")
         if isinstance(value, bool):
             parts.append(flag if value else f"{flag} false")
         elif isinstance(value, (list, tuple)):
-            parts.append(f"{flag} {' '.join(str(v) for v in value)}")
+            parts.append(f"{flag} {' '.join(shlex.quote(str(v)) for v in value)}")
         else:
-            parts.append(f"{flag} {value}")
+            parts.append(f"{flag} {shlex.quote(str(value))}")
     return " ".join(parts)
