@@ -47,6 +47,7 @@ EXIT_OK = 0
 EXIT_FAILURE = 1
 EXIT_USAGE = 2
 EXIT_SOME_FAILED = 3
+EXIT_ALARM = 4  # --summary raised an ALARM (before 3: the failed rows are in --out and its summary line)
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report it
 
 FDR_COLUMN = "bh_unknown"
@@ -76,7 +77,10 @@ EPILOG = f"""\
 model: --model-repository defaults to ${MODEL_REPOSITORY_ENV}, else the model_repository/ folder
 bundled at the root of the osr source tree; the only model there and its newest version are used
 unless --model / --version say otherwise. With --triton-url the images go to a Triton server
-(model name and version from the manifest), the manifest is still read locally.
+(model name and version from the manifest), the manifest is still read locally. osr-score names
+the model it uses (name, version, repository) before scoring and in its summary line, warns
+when it falls back to the bundled model, and warns when an INPUT folder holds class-like
+subfolders (images directly inside, two or more) whose names are not the model's classes.
 
 --resume skips the paths already in --out (a torn last row from a killed run is removed first).
 Without --resume or --overwrite an existing --out is not touched. Ctrl-C stops within about a
@@ -96,9 +100,11 @@ rows get an empty value. The file is rewritten atomically.
 --summary: after scoring, print for all ok rows in --out the unknown rate against its 99 % band
 for known-class images (BetaBinomial over the calibration draw) and a Kolmogorov-Smirnov test of
 the accepted images' p-values, which are uniform when the images are of the known classes; an
-ALARM on either says the batch is not what the threshold was calibrated on (docs/serving.md).
+ALARM on either says the batch is not what the threshold was calibrated on (docs/serving.md),
+and osr-score exits 4.
 
-exit status: 0 all files scored; 3 some rows in --out have status=error; 2 usage error (bad
+exit status: 0 all files scored; 3 some rows in --out have status=error; 4 --summary raised an
+ALARM (whether or not some rows failed); 2 usage error (bad
 arguments, missing input, output exists or cannot be written or resumed, model repository that
 cannot be loaded); 1 the backend failed (what was written so far is kept; rerun with --resume);
 130 interrupted (Ctrl-C).
@@ -128,7 +134,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--fdr", type=_fdr_level, default=None, metavar="Q",
                         help=f"add column {FDR_COLUMN} (Benjamini-Hochberg at level Q; default: none, no such column)")
     parser.add_argument("--summary", action="store_true",
-                        help="print the unknown-flag monitor's test of all ok rows in --out (see below)")
+                        help="print the unknown-flag monitor's test of all ok rows in --out; exit 4 on an ALARM "
+                             "(see below)")
     parser.add_argument("--triton-url", default=None, metavar="URL",
                         help="use a Triton server, e.g. localhost:8000 (default: none, onnxruntime in-process)")
     parser.add_argument("--triton-protocol", choices=("http", "grpc"), default="http",
@@ -679,6 +686,54 @@ def run(args: argparse.Namespace, predictor: Predictor, writer: RowWriter, done:
         progress.close()
 
 
+# -- what the console says about the model ---------------------------------------------------------
+
+def model_words(predictor: Predictor) -> str:
+    """'model NAME version N from REPOSITORY', the words every console line about the model uses."""
+    where = predictor.version_dir.parent.parent if predictor.version_dir is not None else "?"
+    return f"model {predictor.name} version {predictor.version} from {where}"
+
+
+def _class_like_folders(folder: str, limit: int = 1000) -> list[str]:
+    """Names of ``folder``'s subfolders that hold image files directly (up to ``limit`` entries each)."""
+    names = []
+    with contextlib.suppress(OSError), os.scandir(folder) as entries:
+        for entry in sorted(entries, key=lambda e: e.name):
+            if not entry.is_dir() or entry.name.startswith("."):
+                continue
+            with contextlib.suppress(OSError), os.scandir(entry.path) as inside:
+                for _, item in zip(range(limit), inside):
+                    if os.path.splitext(item.name)[1].lower() in IMAGE_EXTENSIONS and item.is_file():
+                        names.append(entry.name)
+                        break
+    return names
+
+
+def model_notes(args: argparse.Namespace, predictor: Predictor) -> list[str]:
+    """Lines for stderr before scoring: the model used; a WARNING when it is the bundled default; a
+    WARNING per INPUT folder whose class-like subfolders are not classes of the model."""
+    lines = [f"osr-score: {model_words(predictor)} ({len(predictor.classes)} classes: "
+             f"{', '.join(predictor.classes)}; anything else is unknown)"]
+    if args.model_repository is None and not os.environ.get(MODEL_REPOSITORY_ENV):
+        lines.append(f"osr-score: WARNING: no --model-repository and no ${MODEL_REPOSITORY_ENV}: scoring with the "
+                     f"BUNDLED model {predictor.name}, not yours; for a model of your own classes pass "
+                     "--model-repository exports --model NAME (what osr-export wrote)")
+    classes = {name.casefold() for name in predictor.classes}
+    for item in args.inputs:
+        if item.startswith("@") or not os.path.isdir(item):
+            continue
+        folders = _class_like_folders(item)
+        foreign = [name for name in folders if name.casefold() not in classes]
+        if len(folders) < 2 or not foreign:
+            continue
+        shown = ", ".join(foreign[:8]) + (f" and {len(foreign) - 8} more" if len(foreign) > 8 else "")
+        verdict = ("none of them is one of its classes: is this the model you meant?" if len(foreign) == len(folders)
+                   else "their images can only come out as unknown or as one of its classes")
+        lines.append(f"osr-score: WARNING: {item} holds class folders ({shown}) that {predictor.name} was not "
+                     f"trained on; {verdict}")
+    return lines
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -690,6 +745,7 @@ def main(argv: list[str] | None = None) -> int:
     except UsageError as exc:
         print(f"osr-score: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    print("\n".join(model_notes(args, predictor)), file=sys.stderr, flush=True)
 
     interrupted = f"osr-score: interrupted; rows so far are in {args.out} (continue with --resume)"
     with _stop_on_sigint() as stop:
@@ -709,14 +765,20 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_INTERRUPTED
 
     summary = (f"osr-score: {counts.ok} scored ({counts.unknown} unknown), {counts.errors} failed"
-               + (f", {len(done)} already in {args.out}" if done else "") + f" -> {args.out}")
+               + (f", {len(done)} already in {args.out}" if done else "") + f" -> {args.out}"
+               + f" ({model_words(predictor)})")
     print(summary, file=sys.stderr)
     if args.fdr is not None:
         flagged, tested = add_fdr_column(args.out, fmt, args.fdr)
         print(f"osr-score: Benjamini-Hochberg at q={args.fdr}: {flagged} of {tested} flagged unknown "
               f"(column {FDR_COLUMN})", file=sys.stderr)
     if args.summary:
-        print(format_summary(summarize_rows(iter_output_rows(args.out, fmt), predictor.manifest["threshold"])))
+        batch = summarize_rows(iter_output_rows(args.out, fmt), predictor.manifest["threshold"])
+        print(format_summary(batch))
+        if batch.rate_alarm or batch.uniformity_alarm:
+            print(f"osr-score: ALARM: this batch is not what {predictor.name}'s threshold was calibrated on "
+                  f"(docs/serving.md#monitoring-the-unknown-flag); exit {EXIT_ALARM}", file=sys.stderr)
+            return EXIT_ALARM
     return EXIT_SOME_FAILED if counts.errors + previous.errors else EXIT_OK
 
 
