@@ -24,7 +24,7 @@ $(VENV)/.serve: $(PY) pyproject.toml
 	touch $@
 
 $(VENV)/.dev: $(PY) pyproject.toml
-	@echo "make: installing $(TORCH) into $(VENV) (with its CUDA libraries: about 4.4 GB on disk, a few minutes)"
+	@echo "make: installing $(TORCH) into $(VENV) (with its CUDA libraries; the whole .venv comes to about 6.3 GB on disk, a few minutes)"
 	$(PIP) $(TORCH)
 	@echo "make: installing osr[dev] into $(VENV) (the train, export, serve and pretrained extras, pytest and the test tools)"
 	$(PIP) -e ".[dev]"
@@ -40,4 +40,4 @@ serve: $(VENV)/.serve
 ## test: the whole test suite, with a real tritonserver for the Triton tests
 test: $(VENV)/.dev
 	@echo "make: checking the Triton test venv (.ci/setup_triton.sh; installs about 450 MB once), then running pytest"
-	OSR_TRITON_VENV="$$(bash .ci/setup_triton.sh)" OSR_REQUIRE_TRITON=1 $(PY) -m pytest -q
+	OSR_TRITON_VENV="$$(bash .ci/setup_triton.sh)" OSR_REQUIRE_TRITON=1 $(PY) -m pytest -q -rs

@@ -18,8 +18,9 @@ SPEC.loader.exec_module(demo)
 
 pytest.importorskip("playwright.sync_api", reason="playwright is in the dev extra")
 if not os.access(demo.CHROMIUM, os.X_OK):
-    pytest.skip(f"no browser at {demo.CHROMIUM} (apt-get install chromium; .ci/run installs it)",
-                allow_module_level=True)
+    pytest.skip(f"no chromium at {demo.CHROMIUM}: to run the demo-page browser tests, `sudo apt-get install chromium` "
+                "(as .ci/run does; or set OSR_CHROMIUM to a chromium binary), then "
+                "`.venv/bin/python -m pytest tests/test_demo_page.py`", allow_module_level=True)
 
 
 @pytest.fixture(scope="module")
