@@ -18,7 +18,11 @@ Decisions (documented because they change pixels):
 - The limits are checked before any pixel is decoded: at most ``max_pixels`` pixels and at most
   ``MAX_SIDE`` pixels on a side (the largest JPEG or GIF; Pillow keeps one pointer per row, so a
   1 x 40,000,000 strip would cost 3x a square image of the same pixels), and a JPEG has at most
-  ``MAX_JPEG_SCANS`` scans.
+  ``MAX_JPEG_SCANS`` scans and at most ``MAX_JPEG_SCAN_PIXELS`` scans x pixels (libjpeg runs every
+  scan over the whole image).
+- ``open_checked`` (the header and every limit) and ``decode_checked`` (the pixels) are separate
+  steps, so a caller can budget the memory a decode will take (``decode_memory_bytes``) before
+  any pixel is decoded; ``osr/inputs.py`` is the one path every entry point takes through them.
 - Memory and time after decoding are bounded by the output: non-RGB images are converted to RGB a
   band of rows at a time, and ``resize_for_model`` never builds the upscaled long side.
 
@@ -34,6 +38,7 @@ import os
 import stat
 from pathlib import Path
 from struct import error as struct_error
+from typing import IO
 
 import numpy as np
 from PIL import ExifTags, Image, UnidentifiedImageError
@@ -55,6 +60,13 @@ EXACT_RESIZE_MAX_RATIO = 16
 # libjpeg decodes every scan of a progressive JPEG over the whole image: a file of many tiny scans
 # costs minutes of CPU. Encoders write about 10 (Pillow, libjpeg) and rarely more than 30.
 MAX_JPEG_SCANS = 100
+# ...and the cost of a scan grows with the image: each took about 0.5 ns a pixel here (a 40 MP
+# image with 100 scans took 2.2 s, with 10 scans 0.34 s; bench/hardening_load.py --scan-cost), so
+# scans x pixels is capped too: 16 scans at the default 40 MP, 100 scans up to 6.4 MP.
+MAX_JPEG_SCAN_PIXELS = 16 * DEFAULT_MAX_PIXELS
+# Pillow stores every mode not listed in 4 bytes a pixel
+_STORED_BYTES = {"1": 1, "L": 1, "P": 1, "I;16": 2, "I;16B": 2, "I;16L": 2, "I;16N": 2}
+_DECODE_OVERHEAD_BYTES = 4 << 20  # the decoder's own buffers, the bands of the conversion
 
 _BAND_PIXELS = 1 << 20  # non-RGB images are converted this many pixels at a time
 _WHITE = (255, 255, 255, 255)
@@ -89,7 +101,7 @@ def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarra
 
 def decode_file(path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
     """Read (``read_image_file``) and decode one file; unreadable files raise DecodeError too."""
-    return decode_image(read_image_file(path, max_file_bytes(max_pixels)), max_pixels)
+    return decode_image(read_image_file(path, max_file_bytes(max_pixels), max_pixels), max_pixels)
 
 
 def max_file_bytes(max_pixels: int) -> int:
@@ -98,13 +110,15 @@ def max_file_bytes(max_pixels: int) -> int:
     return 8 * max_pixels + (16 << 20)
 
 
-def read_image_file(path: str | Path, max_bytes: int | None = None) -> bytes:
+def read_image_file(path: str | Path, max_bytes: int | None = None, max_pixels: int | None = None) -> bytes:
     """The bytes of a regular file; anything else raises DecodeError("unreadable") at once.
 
     A FIFO, socket, device or directory is refused from ``os.stat`` before it is opened, and the
     open itself is non-blocking and checked again (``fstat``), so a file swapped for a FIFO in
     between cannot block the caller either. A file over ``max_bytes`` is refused ("too_large")
-    without reading it.
+    without reading it. With ``max_pixels``, the header is checked first (``check_header``, read
+    from the file: a few KB), so a large file that is no image, or an image over the limits, is
+    refused before the rest of it is read.
     """
     try:
         kind = _not_regular(os.stat(path).st_mode)
@@ -116,10 +130,15 @@ def read_image_file(path: str | Path, max_bytes: int | None = None) -> bytes:
             kind = _not_regular(info.st_mode)
             if kind:
                 raise DecodeError("unreadable", f"not a regular file: {kind}")
+            if max_bytes is not None and info.st_size > max_bytes:
+                raise DecodeError("too_large", f"file too large: {info.st_size} bytes, limit is {max_bytes}")
+            if max_pixels is not None:
+                if info.st_size == 0:
+                    raise DecodeError("empty", "empty file (0 bytes)")
+                check_header(_open_header(handle), max_pixels)
+                handle.seek(0)
             if max_bytes is None:
                 return handle.read()
-            if info.st_size > max_bytes:
-                raise DecodeError("too_large", f"file too large: {info.st_size} bytes, limit is {max_bytes}")
             data = handle.read(max_bytes + 1)  # the file may have grown since fstat
     except OSError as exc:
         raise DecodeError("unreadable", f"cannot read file: {exc.strerror or exc}") from exc
@@ -136,13 +155,20 @@ def _not_regular(mode: int) -> str | None:
 
 def decode_to_pil(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
     """Like decode_image but returns a loaded RGB PIL image."""
-    image = _open_checked(data, max_pixels)
+    return decode_checked(open_checked(data, max_pixels))
+
+
+def decode_checked(image: Image.Image, *, owned: bool = True) -> Image.Image:
+    """The RGB pixels of an image that ``open_checked`` opened (or a PIL image already decoded):
+    first frame, EXIF orientation, the colour rules above. ``owned``: the image may be closed as
+    soon as its RGB copy exists (never for a caller's image)."""
     try:
-        image.seek(0)  # first frame of animations
+        if owned:
+            image.seek(0)  # first frame of animations (a caller's image keeps the frame it is on)
         image.load()
         upright = _UPRIGHT.get(image.getexif().get(ExifTags.Base.Orientation, 1))
-        rgb = _to_rgb(image)
-        if rgb is not image:
+        rgb = to_rgb(image)
+        if rgb is not image and owned:
             image.close()  # frees the decoded pixels before a transpose allocates its copy
         # conversion is per pixel, so converting before the transpose gives the same pixels
         return rgb if upright is None else rgb.transpose(upright)
@@ -152,21 +178,45 @@ def decode_to_pil(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Im
         raise DecodeError("truncated", f"corrupt or truncated image data ({image.format}): {exc}") from exc
 
 
-def _open_checked(data: bytes, max_pixels: int) -> Image.Image:
-    """Open (header only) an image of an accepted format and check its size limits."""
+def open_checked(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
+    """Open (header only) an image of an accepted format and check every limit: size, sides, and
+    a JPEG's scans. Nothing is decoded; ``decode_memory_bytes`` says what decoding it will take."""
     if not data:
         raise DecodeError("empty", "empty file (0 bytes)")
+    image = check_header(_open_header(io.BytesIO(data)), max_pixels)
+    if image.format in ("JPEG", "MPO"):
+        width, height = image.size
+        scans = _jpeg_scans(data)
+        if scans > MAX_JPEG_SCANS:
+            raise DecodeError("unsupported", f"JPEG with {scans} scans; at most {MAX_JPEG_SCANS} are accepted "
+                                             "(a progressive JPEG has about 10)")
+        if scans * width * height > MAX_JPEG_SCAN_PIXELS:
+            raise DecodeError("unsupported", f"JPEG with {scans} scans of {width}x{height} pixels; at most "
+                                             f"{MAX_JPEG_SCAN_PIXELS} scans x pixels are accepted "
+                                             f"({MAX_JPEG_SCAN_PIXELS // (width * height)} scans at this size; "
+                                             "a progressive JPEG has about 10)")
+    return image
+
+
+def _open_header(source: IO[bytes]) -> Image.Image:
     try:
-        image = Image.open(io.BytesIO(data), formats=ACCEPTED_FORMATS)
+        return Image.open(source, formats=ACCEPTED_FORMATS)
     except UnidentifiedImageError as exc:
-        raise DecodeError(
-            "not_an_image", f"not an image: the data is in none of the accepted formats ({', '.join(ACCEPTED_FORMATS)})"
-        ) from exc
+        raise not_accepted() from exc
     except Image.DecompressionBombError as exc:
         raise DecodeError("too_large", f"image too large: {exc}") from exc
     except (OSError, SyntaxError, ValueError, EOFError, IndexError, struct_error) as exc:
         raise DecodeError("truncated", f"corrupt image header: {exc}") from exc
 
+
+def not_accepted() -> DecodeError:
+    """The error of data in none of ``ACCEPTED_FORMATS``."""
+    return DecodeError("not_an_image",
+                       f"not an image: the data is in none of the accepted formats ({', '.join(ACCEPTED_FORMATS)})")
+
+
+def check_header(image: Image.Image, max_pixels: int) -> Image.Image:
+    """The size limits from an image's header (or a decoded image's size): DecodeError past them."""
     width, height = image.size
     if width <= 0 or height <= 0:
         raise DecodeError("not_an_image", f"image has an empty size {width}x{height}")
@@ -178,12 +228,18 @@ def _open_checked(data: bytes, max_pixels: int) -> Image.Image:
         raise DecodeError(
             "too_large", f"image too large: {width}x{height} has a side longer than {MAX_SIDE} pixels"
         )
-    if image.format in ("JPEG", "MPO"):
-        scans = _jpeg_scans(data)
-        if scans > MAX_JPEG_SCANS:
-            raise DecodeError("unsupported", f"JPEG with {scans} scans; at most {MAX_JPEG_SCANS} are accepted "
-                                             "(a progressive JPEG has about 10)")
     return image
+
+
+def decode_memory_bytes(image: Image.Image) -> int:
+    """An upper bound of the memory ``decode_checked`` + ``resize_for_model`` take for this opened
+    image: its pixels as Pillow stores them, their RGB copy unless already RGB, a byte a pixel for
+    the resize and the conversion's bands, the header's text and profiles, and 4 MiB.
+    (bench/perf_decode.py measured 3.9 bytes a pixel for RGB JPEG, 5.3 for palette PNG, 8.2 for RGBA.)"""
+    width, height = image.size
+    per_pixel = _STORED_BYTES.get(image.mode, 4) + (0 if image.mode == "RGB" else 4) + 1
+    metadata = sum(len(value) for value in image.info.values() if isinstance(value, (str, bytes)))
+    return width * height * per_pixel + metadata + _DECODE_OVERHEAD_BYTES
 
 
 def _jpeg_scans(data: bytes) -> int:
@@ -193,9 +249,9 @@ def _jpeg_scans(data: bytes) -> int:
     return 0 if first < 0 else data.count(b"\xff\xda", first)
 
 
-def _to_rgb(image: Image.Image, band_pixels: int = _BAND_PIXELS) -> Image.Image:
+def to_rgb(image: Image.Image, band_pixels: int = _BAND_PIXELS) -> Image.Image:
     """RGB with the decisions above, converted band by band so the temporaries stay small
-    (RGBA compositing alone makes three full-size RGBA copies)."""
+    (RGBA compositing alone makes three full-size RGBA copies). An RGB image is returned as is."""
     if image.mode == "RGB":
         return image
     if image.mode == "F":

@@ -9,8 +9,9 @@
 Each row is the row osr-score writes and /v1/classify returns (serve/results.py): path, status,
 error, class_index (-1 = unknown), class_name ("unknown"), score, p_value, unknown, top_k. An input
 that is no usable image becomes a row with status "error"; it does not fail the others. Inputs go
-through the same decoder as the CLI and the service (osr/images.py: EXIF orientation, transparency
-on white, 16-bit scaled to 8), so the same file gives the same row everywhere.
+through the one input path of the CLI and the service (osr/inputs.py: the same limits, checked
+before any copy; osr/images.py: EXIF orientation, transparency on white, 16-bit scaled to 8), so
+the same file gives the same row, or the same error, everywhere.
 """
 
 from __future__ import annotations
@@ -18,19 +19,18 @@ from __future__ import annotations
 import os
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Union
+from typing import Any
 
 import numpy as np
-from PIL import Image, ImageOps
+from PIL import Image
 
-from osr.images import _to_rgb  # the decoder's colour rules, for images that arrive decoded
+from osr.images import DEFAULT_MAX_PIXELS
+from osr.inputs import INPUT_TYPES, ImageInput, error_message, input_type_error
 from osr.serve.card import model_card
-from osr.serve.decode import DEFAULT_MAX_PIXELS, DecodeError, decode_file, decode_to_pil
 from osr.serve.monitor import Summary, summarize_rows
 from osr.serve.predictor import Predictor
 from osr.serve.results import error_row
 
-ImageInput = Union[str, os.PathLike, bytes, bytearray, memoryview, Image.Image, np.ndarray]
 CHUNK = 256  # images decoded and held at once
 
 
@@ -39,7 +39,7 @@ class Model:
 
     def __init__(self, predictor: Predictor, top_k: int = 5) -> None:
         self.predictor = predictor
-        self.top_k = int(top_k)
+        self.top_k = _top_k(top_k)
 
     # -- what the model is ---------------------------------------------------------------------------
 
@@ -71,16 +71,27 @@ class Model:
     ) -> list[dict]:
         """One row per image, in input order.
 
-        ``images``: one input or an iterable of them; a 4-D uint8 array is a batch of images.
-        Each input is a file path (str or os.PathLike), encoded bytes (any format Pillow reads), a
-        PIL image, or an HxW / HxWx3 / HxWx4 array (uint8 or 16-bit; RGB order). ``names`` sets
-        the rows' ``path`` (default: the path as given, a PIL image's filename, else
-        ``bytes[i]`` / ``image[i]`` / ``array[i]``).
+        ``images``: one input or an iterable of them (a list, a generator; not a dict or a set); a
+        4-D uint8 array is a batch of images. Each input is a file path (str or os.PathLike),
+        encoded bytes (the accepted formats, osr.images.ACCEPTED_FORMATS), a PIL image, or an
+        HxW / HxWx3 / HxWx4 array (uint8, or 16-bit grey; RGB order). ``names`` sets the rows'
+        ``path`` (default: the path as given, a PIL image's filename, else ``bytes[i]`` /
+        ``image[i]`` / ``array[i]``).
+
+        Every input meets the limits of osr-serve and osr-score (osr/inputs.py: format allowlist,
+        JPEG scans, pixels before any copy, file size before reading); one that does not is an
+        error row. TypeError for anything that is not an input (``None``, a dict, a number),
+        ValueError for ``names`` of another length or a negative ``top_k``.
         """
-        items = [images] if _is_single(images) else list(images)
-        if names is not None and len(names) != len(items):
-            raise ValueError(f"{len(items)} images but {len(names)} names")
-        k = self.top_k if top_k is None else int(top_k)
+        items = _as_items(images)
+        if names is not None:
+            if isinstance(names, (str, bytes)) or not isinstance(names, Sequence):
+                raise TypeError(f"names must be a sequence of strings, one per image, got {type(names).__name__}")
+            if len(names) != len(items):
+                raise ValueError(f"{len(items)} images but {len(names)} names")
+            if not all(isinstance(name, str) for name in names):
+                raise TypeError("names must be strings")
+        k = self.top_k if top_k is None else _top_k(top_k)
         rows: list[dict] = []
         for start in range(0, len(items), CHUNK):
             chunk = items[start:start + CHUNK]
@@ -98,24 +109,13 @@ class Model:
         return summarize_rows(rows, self.predictor.manifest["threshold"])
 
     def _prepare(self, item: ImageInput, name: str) -> np.ndarray | dict:
-        """The model-sized image, or an error row (as the CLI and the service make them)."""
-        if not isinstance(item, (str, os.PathLike, bytes, bytearray, memoryview, Image.Image, np.ndarray)):
-            raise TypeError(f"cannot classify a {type(item).__name__}: pass a path, bytes, a PIL image or a numpy array")
-        max_pixels = self.predictor.max_pixels
+        """The model-sized image (osr.inputs, the path the CLI and the service take), or an error row."""
         try:
-            if isinstance(item, (str, os.PathLike)):
-                image: np.ndarray | Image.Image = decode_file(item, max_pixels)
-            elif isinstance(item, (bytes, bytearray, memoryview)):
-                image = decode_to_pil(bytes(item), max_pixels)
-            elif isinstance(item, Image.Image):
-                image = _decoded_pil(item, max_pixels)
-            else:
-                image = _decoded_array(item, max_pixels)
-            return self.predictor.preprocess(image)
-        except DecodeError as exc:
-            return error_row(name, str(exc))
+            return self.predictor.prepare(item)
+        except TypeError:  # checked in _as_items; never an error row
+            raise
         except Exception as exc:  # one odd image must not stop the others (as in osr-score)
-            return error_row(name, f"cannot decode: {type(exc).__name__}: {exc}")
+            return error_row(name, error_message(exc))
 
     # -- lifetime ------------------------------------------------------------------------------------
 
@@ -155,10 +155,31 @@ def load_model(
     return Model(predictor, top_k=top_k)
 
 
-def _is_single(images: object) -> bool:
+def _as_items(images: object) -> list:
+    """One input, or an iterable of inputs (a 4-D array: a batch), as a list; TypeError otherwise."""
     if isinstance(images, np.ndarray):
-        return images.ndim in (2, 3)
-    return isinstance(images, (str, os.PathLike, bytes, bytearray, memoryview, Image.Image))
+        if images.ndim == 4:
+            return list(images)
+        return [images]
+    if isinstance(images, INPUT_TYPES):
+        return [images]
+    if images is None or isinstance(images, (Mapping, set, frozenset)) or not isinstance(images, Iterable):
+        kind = "None" if images is None else f"a {type(images).__name__}"
+        raise TypeError(f"classify() takes an image or a list of images (file paths, encoded bytes, PIL images, "
+                        f"numpy arrays), got {kind}")
+    items = list(images)
+    for index, item in enumerate(items):
+        if not isinstance(item, INPUT_TYPES):
+            raise TypeError(f"item {index}: {input_type_error(item)}")
+    return items
+
+
+def _top_k(value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise TypeError(f"top_k must be an integer, got {type(value).__name__}")
+    if value < 0:
+        raise ValueError(f"top_k must be >= 0, got {value}")
+    return int(value)
 
 
 def _default_name(item: object, index: int) -> str:
@@ -169,28 +190,3 @@ def _default_name(item: object, index: int) -> str:
     if isinstance(item, np.ndarray):
         return f"array[{index}]"
     return f"bytes[{index}]"
-
-
-def _decoded_pil(image: Image.Image, max_pixels: int) -> Image.Image:
-    """A PIL image through the decoder's rules: size limit, EXIF orientation, RGB conversion."""
-    width, height = image.size
-    if width * height > max_pixels:
-        raise DecodeError("too_large", f"image too large: {width}x{height} = {width * height} pixels, "
-                                       f"limit is {max_pixels}")
-    if width <= 0 or height <= 0:
-        raise DecodeError("not_an_image", f"image has an empty size {width}x{height}")
-    return _to_rgb(ImageOps.exif_transpose(image))
-
-
-def _decoded_array(array: np.ndarray, max_pixels: int) -> Image.Image:
-    """HxW (grey), HxWx3 (RGB) or HxWx4 (RGBA) uint8, or 16-bit grey, as the decoder would see it."""
-    if array.ndim == 3 and array.shape[2] == 1:
-        array = array[:, :, 0]
-    if array.ndim not in (2, 3) or (array.ndim == 3 and array.shape[2] not in (3, 4)):
-        raise DecodeError("unsupported", f"expected an HxW, HxWx3 or HxWx4 array, got shape {list(array.shape)}")
-    if array.dtype == np.uint16 and array.ndim == 2:
-        return _decoded_pil(Image.fromarray(array), max_pixels)  # mode I;16, scaled to 8 bits by the decoder
-    if array.dtype != np.uint8:
-        raise DecodeError("unsupported", f"expected uint8 pixels (or uint16 grey), got {array.dtype}")
-    return _decoded_pil(Image.fromarray(np.ascontiguousarray(array)), max_pixels)
-

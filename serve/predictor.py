@@ -21,9 +21,9 @@ from typing import Protocol
 import numpy as np
 
 from osr.export.manifest import INPUT_NAME, OUTPUT_NAMES, ManifestError, load_manifest, resolve_version_dir
-from osr.images import RESIZE_RULE
+from osr.images import DEFAULT_MAX_PIXELS, RESIZE_RULE, resize_for_model
+from osr.inputs import ImageInput, InputLimits, error_message, prepare_input
 from osr.serve import preflight
-from osr.serve.decode import DEFAULT_MAX_PIXELS, DecodeError, decode_to_pil, resize_for_model
 from osr.serve.results import error_row, rows_from_outputs
 
 DEFAULT_MAX_BATCH_SIZE = 64
@@ -211,7 +211,7 @@ class Predictor:
 
     Attributes: ``manifest`` (dict), ``classes`` (list[str]), ``image_size`` (int), ``name`` (str),
     ``version`` (int), ``threshold`` (float), ``version_dir`` (Path | None), ``backend`` (Backend),
-    ``max_pixels`` (int), ``max_batch_size`` (int).
+    ``max_pixels`` (int), ``limits`` (InputLimits, from max_pixels), ``max_batch_size`` (int).
     Thread safety: ``run`` may be called from several threads (onnxruntime sessions are thread-safe;
     the Triton backend keeps one client per thread).
     """
@@ -236,6 +236,7 @@ class Predictor:
         self.threshold: float = float(manifest["threshold"]["value"])
         self.resize_rule: str = manifest["resize"]["rule"]
         self.max_pixels = int(max_pixels)
+        self.limits = InputLimits(self.max_pixels)
         self.max_batch_size = int(max_batch_size or backend.max_batch_size)
 
     @classmethod
@@ -309,6 +310,11 @@ class Predictor:
         """One decoded image (HxWx3 uint8 RGB array or PIL image) -> [S, S, 3] uint8 as the model wants."""
         return resize_for_model(image, self.image_size, self.resize_rule)
 
+    def prepare(self, item: ImageInput) -> np.ndarray:
+        """Any input (path, encoded bytes, PIL image, array) through osr.inputs, the one input path
+        with this predictor's limits, to [S, S, 3] uint8. TypeError / DecodeError."""
+        return prepare_input(item, self.image_size, self.limits)
+
     def predict_images(self, images: Sequence[np.ndarray], names: Sequence[str], top_k: int = 5) -> list[dict]:
         """Result rows for decoded images of any size (resized here), in input order."""
         if len(images) != len(names):
@@ -327,9 +333,11 @@ class Predictor:
         entries: list[tuple[str, np.ndarray | dict]] = []
         for name, data in items:
             try:
-                entries.append((name, self.preprocess(decode_to_pil(data, self.max_pixels))))
-            except DecodeError as exc:
-                entries.append((name, error_row(name, str(exc))))
+                entries.append((name, self.prepare(data)))
+            except TypeError:  # not bytes at all: the caller's mistake
+                raise
+            except Exception as exc:  # one odd file must not stop the others
+                entries.append((name, error_row(name, error_message(exc))))
         return self.complete_rows(entries, top_k)
 
     def complete_rows(self, entries: Sequence[tuple[str, np.ndarray | dict]], top_k: int = 5) -> list[dict]:

@@ -30,14 +30,8 @@ import numpy as np
 
 from osr.atomic import atomic_path
 from osr.export.manifest import ManifestError
-from osr.serve.decode import (
-    DEFAULT_MAX_PIXELS,
-    IMAGE_EXTENSIONS,
-    DecodeError,
-    decode_to_pil,
-    max_file_bytes,
-    read_image_file,
-)
+from osr.inputs import error_message
+from osr.serve.decode import DEFAULT_MAX_PIXELS, IMAGE_EXTENSIONS
 from osr.serve.fdr import benjamini_hochberg
 from osr.serve.monitor import format_summary, summarize_rows
 from osr.serve.predictor import MODEL_REPOSITORY_ENV, Predictor, PredictorError
@@ -449,15 +443,12 @@ _END = object()
 
 
 def _load(path: str, predictor: Predictor) -> np.ndarray | dict:
-    """Read (regular files only), decode and resize one file in a worker thread; failures come
-    back as error rows."""
+    """Read (regular files only), decode and resize one file in a worker thread (osr.inputs, the
+    path every entry point takes); failures come back as error rows."""
     try:
-        data = read_image_file(path, max_file_bytes(predictor.max_pixels))
-        return predictor.preprocess(decode_to_pil(data, predictor.max_pixels))
-    except DecodeError as exc:
-        return error_row(path, str(exc))
+        return predictor.prepare(path)
     except Exception as exc:  # one odd file must never stop a million-file run
-        return error_row(path, f"cannot decode: {type(exc).__name__}: {exc}")
+        return error_row(path, error_message(exc))
 
 
 def _next_batch(pending: queue.Queue, batch_size: int, stop: threading.Event) -> tuple[list, bool]:

@@ -390,7 +390,7 @@ def test_exif_orientation_equals_transposing_the_upright_decode(orientation: int
 
 def test_conversion_in_bands_equals_converting_the_whole_image() -> None:
     """Non-RGB images are converted a band of rows at a time (bounded temporaries); same pixels."""
-    from osr.images import _to_rgb
+    from osr.images import to_rgb
 
     rng = np.random.default_rng(3)
     grey = rng.integers(0, 256, (37, 23), dtype=np.uint8)
@@ -408,9 +408,9 @@ def test_conversion_in_bands_equals_converting_the_whole_image() -> None:
         "CMYK": Image.fromarray(_noise(23, 37)).convert("CMYK"),
     }
     for name, image in images.items():
-        whole = np.asarray(_to_rgb(image, band_pixels=10**9))
+        whole = np.asarray(to_rgb(image, band_pixels=10**9))
         for band_pixels in (1, 23, 50, 400):
-            np.testing.assert_array_equal(np.asarray(_to_rgb(image, band_pixels=band_pixels)), whole,
+            np.testing.assert_array_equal(np.asarray(to_rgb(image, band_pixels=band_pixels)), whole,
                                           err_msg=f"{name} in bands of {band_pixels} pixels")
 
 
