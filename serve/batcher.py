@@ -1,10 +1,15 @@
 """Dynamic batching, like Triton's dynamic batcher: concurrent requests share one inference call.
 
-A single worker thread takes the first waiting request, then keeps gathering requests until the
-batch holds ``max_batch`` images or ``max_wait_ms`` have passed since that first request, runs
-``run_fn`` once on the concatenation and hands each request its rows. Inference therefore never
-blocks the event loop, and the model sees one call at a time (no oversubscribed CPU threads).
-A request larger than ``max_batch`` is run on its own, whole (the predictor splits it further).
+A single worker thread waits for the first request, then keeps gathering until ``max_batch``
+images are waiting or ``max_wait_ms`` have passed since it started, runs ``run_fn`` once on the
+concatenation and hands each request its rows. Inference therefore never blocks the event loop,
+and the model sees one call at a time (no oversubscribed CPU threads).
+
+Fairness: a batch takes at most ``max_batch`` images, and a request with more is split into
+chunks that take turns with the other requests: a request that did not fit whole goes to the
+back of the line, so a one-image request waits for at most one batch of a 1,000-image request,
+not for all of it. A request can be cancelled (``infer`` is cancelled: its deadline passed):
+its chunks that have not run are dropped.
 
 With ``track_arrivals``, callers announce a request as soon as it arrives (``arrival()``, before
 reading and decoding it) and the batcher waits only while an announced request has not been
@@ -17,12 +22,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import queue
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Mapping
-from concurrent.futures import Future
-from dataclasses import dataclass, field
+from concurrent.futures import Future, InvalidStateError
 
 import numpy as np
 
@@ -37,13 +41,35 @@ class BatcherClosed(RuntimeError):
     """The batcher is shut down and takes no more requests."""
 
 
-@dataclass
 class _Request:
-    images: np.ndarray
-    future: Future = field(default_factory=Future)
+    """One submitted request: its images, how many went into batches, its chunks' outputs."""
 
+    def __init__(self, images: np.ndarray) -> None:
+        self.images = images
+        self.future: Future = Future()
+        self.taken = 0  # images handed to batches so far
+        self.parts: list[tuple[int, Outputs]] = []  # (offset, outputs) of the chunks that ran
+        self.done = 0  # images with outputs
+        self.cancelled = False
 
-_STOP = object()
+    @property
+    def size(self) -> int:
+        return int(self.images.shape[0])
+
+    def finish(self, offset: int, outputs: Outputs) -> None:
+        self.parts.append((offset, outputs))
+        self.done += len(next(iter(outputs.values())))
+        if self.done == self.size and not self.future.done():
+            self.parts.sort(key=lambda part: part[0])
+            result = (self.parts[0][1] if len(self.parts) == 1 else
+                      {name: np.concatenate([part[name] for _, part in self.parts]) for name in outputs})
+            with contextlib.suppress(InvalidStateError):  # cancelled meanwhile
+                self.future.set_result(result)
+
+    def fail(self, exc: BaseException) -> None:
+        self.cancelled = True  # its other chunks are not run
+        with contextlib.suppress(InvalidStateError):
+            self.future.set_exception(exc)
 
 
 class Arrival:
@@ -81,10 +107,10 @@ class DynamicBatcher:
         self.on_batch = on_batch
         self.track_arrivals = track_arrivals
         self._arriving = 0  # announced requests not yet submitted
-        self._queue: queue.Queue = queue.Queue()
-        self._carry: _Request | None = None  # fetched but did not fit into the previous batch
+        self._line: deque[_Request] = deque()  # requests with images not yet in a batch, in turn order
+        self._waiting_images = 0
         self._closed = False
-        self._lock = threading.Lock()
+        self._changed = threading.Condition()
         self._thread = threading.Thread(target=self._loop, name="osr-batcher", daemon=True)
         self._thread.start()
 
@@ -100,101 +126,128 @@ class DynamicBatcher:
             arrival.settle()
 
     def _arrived(self, delta: int) -> None:
-        with self._lock:
+        with self._changed:
             self._arriving += delta
+            self._changed.notify_all()
 
     def submit(self, images: np.ndarray, arrival: Arrival | None = None) -> Future:
-        """Queue one request's images; the Future resolves to its own rows of every output."""
+        """Queue one request's images; the Future resolves to its own rows of every output.
+        Cancelling the Future drops the request's chunks that have not run yet."""
+        return self._submit(images, arrival).future
+
+    def _submit(self, images: np.ndarray, arrival: Arrival | None) -> _Request:
         images = np.asarray(images)
         if images.ndim < 1 or images.shape[0] < 1:
             raise ValueError(f"a request needs at least one image, got shape {list(images.shape)}")
         request = _Request(images)
-        with self._lock:
+        request.future.add_done_callback(lambda future: future.cancelled() and self._cancel(request))
+        with self._changed:
             if self._closed:
                 raise BatcherClosed("the batcher is shut down")
-            self._queue.put(request)  # queued before the arrival is settled: the worker sees one or the other
-        if arrival is not None:
-            arrival.settle()
-        return request.future
+            self._line.append(request)
+            self._waiting_images += request.size
+            if arrival is not None and arrival.pending:  # in the same step: the worker sees one or the other
+                arrival.pending = False
+                self._arriving -= 1
+            self._changed.notify_all()
+        return request
 
     async def infer(self, images: np.ndarray, arrival: Arrival | None = None) -> Outputs:
-        """``submit`` for async code: awaits the rows without blocking the event loop."""
+        """``submit`` for async code: awaits the rows without blocking the event loop; when the
+        caller is cancelled, the request's remaining chunks are dropped."""
         return await asyncio.wrap_future(self.submit(images, arrival))
 
-    def _nothing_coming(self) -> bool:
-        with self._lock:
-            return self.track_arrivals and self._arriving == 0 and self._queue.empty() and self._carry is None
+    def _cancel(self, request: _Request) -> None:
+        with self._changed:
+            if not request.cancelled:
+                request.cancelled = True
+                if request in self._line:
+                    self._line.remove(request)
+                    self._waiting_images -= request.size - request.taken
 
     def close(self, timeout_s: float | None = 30.0) -> None:
         """Stop taking requests, finish those already queued, stop the worker thread."""
-        with self._lock:
+        with self._changed:
             if self._closed:
                 return
             self._closed = True
-            self._queue.put(_STOP)
+            self._changed.notify_all()
         self._thread.join(timeout_s)
 
     # -- worker thread ---------------------------------------------------------------------------
 
     def _loop(self) -> None:
-        stopping = False
-        while not stopping or self._carry is not None:
-            batch, stopping = self._gather(stopping)
+        while True:
+            batch = self._gather()
+            if batch is None:
+                return
             if batch:
                 self._run(batch)
 
-    def _next(self, timeout: float | None) -> object:
-        if self._carry is not None:
-            item, self._carry = self._carry, None
-            return item
-        try:
-            return self._queue.get(timeout=timeout) if timeout is None or timeout > 0 else self._queue.get_nowait()
-        except queue.Empty:
-            return None
+    def _gather(self) -> list[tuple[_Request, int, int]] | None:
+        """The next batch as (request, start, stop) chunks; None once closed and drained."""
+        with self._changed:
+            while not self._line:
+                if self._closed:
+                    return None
+                self._changed.wait()
+            deadline = time.monotonic() + self.max_wait_s
+            while self._waiting_images < self.max_batch and not self._closed:
+                if self.track_arrivals and self._arriving == 0:
+                    break  # nothing announced is still on its way
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    break
+                self._changed.wait(remaining)
+            return self._take()
 
-    def _gather(self, stopping: bool) -> tuple[list[_Request], bool]:
-        first = self._next(timeout=None if not stopping else 0)
-        if first is _STOP or first is None:
-            return [], True
-        batch = [first]
-        size = first.images.shape[0]
-        deadline = time.monotonic() + self.max_wait_s
-        while size < self.max_batch:
-            if self._nothing_coming():
-                break
-            item = self._next(timeout=max(0.0, deadline - time.monotonic()))
-            if item is None:
-                break
-            if item is _STOP:
-                stopping = True
-                break
-            if size + item.images.shape[0] > self.max_batch:
-                self._carry = item
-                break
-            batch.append(item)
-            size += item.images.shape[0]
-        return batch, stopping
+    def _take(self) -> list[tuple[_Request, int, int]]:
+        """Up to max_batch images in turn order; a request that does not fit whole gives what
+        fits and goes to the back of the line."""
+        batch: list[tuple[_Request, int, int]] = []
+        size = 0
+        unfinished: list[_Request] = []
+        while self._line and size < self.max_batch:
+            request = self._line.popleft()
+            count = min(self.max_batch - size, request.size - request.taken)
+            batch.append((request, request.taken, request.taken + count))
+            request.taken += count
+            size += count
+            if request.taken < request.size:
+                unfinished.append(request)
+        self._line.extend(unfinished)
+        self._waiting_images -= size
+        return batch
 
-    def _run(self, batch: list[_Request]) -> None:
-        batch = [r for r in batch if r.future.set_running_or_notify_cancel()]
+    def _run(self, batch: list[tuple[_Request, int, int]]) -> None:
+        batch = [(request, start, stop) for request, start, stop in batch if not request.future.done()]
         if not batch:
             return
-        start = time.perf_counter()
+        start_time = time.perf_counter()
         try:
-            images = batch[0].images if len(batch) == 1 else np.concatenate([r.images for r in batch])
+            chunks = [request.images[start:stop] for request, start, stop in batch]
+            images = chunks[0] if len(chunks) == 1 else np.concatenate(chunks)
             outputs = {name: np.asarray(value) for name, value in self.run_fn(images).items()}
-        except BaseException as exc:  # every waiting request gets the error, the worker lives on
-            for request in batch:
-                request.future.set_exception(exc)
+        except BaseException as exc:  # every request in the batch gets the error, the worker lives on
+            with self._changed:
+                for request, _, _ in batch:
+                    request.fail(exc)
+                    self._drop(request)
             return
-        seconds = time.perf_counter() - start
+        seconds = time.perf_counter() - start_time
         if self.on_batch is not None:
             try:
                 self.on_batch(outputs, seconds)
             except Exception:  # metrics must never fail a request
                 log.exception("batch observer failed")
         offset = 0
-        for request in batch:
-            n = request.images.shape[0]
-            request.future.set_result({name: value[offset:offset + n] for name, value in outputs.items()})
-            offset += n
+        for request, start, stop in batch:
+            count = stop - start
+            request.finish(start, {name: value[offset:offset + count] for name, value in outputs.items()})
+            offset += count
+
+    def _drop(self, request: _Request) -> None:
+        """Remove a failed request's remaining chunks from the line (the lock is held)."""
+        if request in self._line:
+            self._line.remove(request)
+            self._waiting_images -= request.size - request.taken

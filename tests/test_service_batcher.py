@@ -57,18 +57,50 @@ def test_queued_requests_share_one_call_and_get_their_own_rows() -> None:
         np.testing.assert_array_equal(outputs["logits"], [[10 * i, -10 * i], [10 * i + 1, -10 * i - 1]])
 
 
-def test_max_batch_is_respected_and_requests_are_not_split() -> None:
+def test_max_batch_is_respected_and_large_requests_take_turns() -> None:
     model = FakeModel()
     batcher = DynamicBatcher(model.run, max_batch=4, max_wait_ms=200)
     try:
-        futures = [batcher.submit(images_with_ids(i)) for i in range(5)]
-        futures.append(batcher.submit(images_with_ids(50, 51, 52)))  # does not fit after 1 image: next batch
-        futures.append(batcher.submit(images_with_ids(*range(60, 66))))  # larger than max_batch: alone, whole
+        futures = [batcher.submit(images_with_ids(*range(100, 110)))]  # larger than max_batch: in chunks
+        futures += [batcher.submit(images_with_ids(i)) for i in range(3)]
         results = [f.result(timeout=10) for f in futures]
     finally:
         batcher.close()
-    assert model.calls == [4, 4, 6]
-    assert [list(r["label"]) for r in results] == [[0], [1], [2], [3], [4], [50, 51, 52], list(range(60, 66))]
+    assert model.calls == [4, 4, 4, 1]
+    assert [list(r["label"]) for r in results] == [list(range(100, 110)), [0], [1], [2]]
+
+
+def test_a_small_request_waits_for_one_chunk_of_a_large_one_not_all_of_it() -> None:
+    """The head-of-line blocking of issue 20: a 1-image request behind a 40-image one."""
+    model = FakeModel(delay_s=0.05)
+    batcher = DynamicBatcher(model.run, max_batch=4, max_wait_ms=0)
+    try:
+        large = batcher.submit(images_with_ids(*range(100, 140)))
+        time.sleep(0.02)  # the first chunk is running
+        small = batcher.submit(images_with_ids(7))
+        assert list(small.result(timeout=10)["label"]) == [7]
+        calls_before_small = len(model.calls)
+        assert not large.done()  # most of it still to run
+        assert list(large.result(timeout=10)["label"]) == list(range(100, 140))
+    finally:
+        batcher.close()
+    # the chunk running when it came, the large request's next turn, then its own (shared) batch;
+    # one more call may start before the check reads the count
+    assert calls_before_small <= 4, model.calls
+    assert sum(model.calls) == 41 and max(model.calls) <= 4
+
+
+def test_a_cancelled_request_drops_its_remaining_chunks() -> None:
+    model = FakeModel(delay_s=0.05)
+    batcher = DynamicBatcher(model.run, max_batch=4, max_wait_ms=0)
+    try:
+        large = batcher.submit(images_with_ids(*range(100, 140)))
+        time.sleep(0.02)
+        assert large.cancel()
+        assert list(batcher.submit(images_with_ids(5)).result(timeout=10)["label"]) == [5]
+    finally:
+        batcher.close()
+    assert sum(model.calls) <= 4 + 4 + 1  # at most the chunk running at the cancel, one more, and the next request
 
 
 def test_a_lone_request_waits_at_most_max_wait() -> None:
