@@ -12,7 +12,7 @@ import json
 import logging
 import platform
 import shlex
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -77,7 +77,8 @@ class ExportOptions:
     alpha: float = 0.05
     confidence: float | None = None  # None: split conformal; else PAC with this confidence
     per_class: bool = False
-    score_function: str = "max_logit"
+    score_function: str = "max_logit"  # or "auto": chosen on held-out known images (select_score)
+    auto_score: bool = False  # score_function was chosen by --score auto (the rebuild command says auto)
     knn_k: int = KNN_DEFAULT_K
     knn_bank_per_class: int = KNN_DEFAULT_BANK_PER_CLASS
     int8: bool = False
@@ -88,6 +89,8 @@ class ExportOptions:
     max_batch_size: int = 64
     parity_images: int = 64
     report: bool = True
+    reference: bool = True  # the frozen-pretrained probe beside the model in the report (osr.export.probe)
+    reference_features: Any = None  # replaces the probe's pretrained backbone (tests): uint8 NHWC -> features
 
 
 @dataclass
@@ -135,13 +138,51 @@ def score_parts(model: nn.Module, inputs: ExportInputs, options: ExportOptions) 
         return {"model": model, "score_function": options.score_function}
     if inputs.train_x is None or inputs.train_y is None:
         raise ValueError("--score knn needs the run's training images for its feature bank")
-    probe = OsrGraph(model, inputs.mean, inputs.std, len(inputs.classes), 0.0, [0.0])
-    body, head = split_head(model, probe.normalise(torch.from_numpy(inputs.calib_x[:2])))
+    body, head, features_of = feature_extractor(model, inputs)
     log.info("building the kNN feature bank (up to %d training images per class)", options.knn_bank_per_class)
-    bank = build_bank(lambda batch: body(probe.normalise(batch)), inputs.train_x, inputs.train_y,
-                      options.knn_bank_per_class)
+    bank = build_bank(features_of, inputs.train_x, inputs.train_y, options.knn_bank_per_class)
     log.info("kNN bank: %d x %d float16 features, %.1f MB inside model.onnx", *bank.shape, bank.nbytes / 1e6)
     return {"model": body, "score_function": "knn", "head": head, "feature_bank": bank, "knn_k": options.knn_k}
+
+
+def feature_extractor(model: nn.Module, inputs: ExportInputs):
+    """(body, head, features_of): the model cut at its classifier head, and uint8 NHWC batch -> the
+    head's input features, normalised exactly as the graph does."""
+    probe = OsrGraph(model, inputs.mean, inputs.std, len(inputs.classes), 0.0, [0.0])
+    body, head = split_head(model, probe.normalise(torch.from_numpy(inputs.calib_x[:2])))
+    return body, head, lambda batch: body(probe.normalise(batch))
+
+
+@torch.no_grad()
+def select_score(model: nn.Module, inputs: ExportInputs, options: ExportOptions
+                 ) -> tuple[ExportInputs, ExportOptions, dict]:
+    """--score auto: choose the score on a selection part of the held-out known images
+    (osr.export.score_selection); the inputs keep only the calibration part for the threshold."""
+    from osr.export.feature_bank import pick_per_class
+    from osr.export.score_selection import choose_score
+
+    if inputs.train_x is None or inputs.train_y is None:
+        raise ValueError("--score auto needs the run's training images (the kNN candidates' bank)")
+    _, _, features_of = feature_extractor(model, inputs)
+
+    def features(images: np.ndarray) -> np.ndarray:
+        return np.concatenate([features_of(torch.from_numpy(np.ascontiguousarray(images[i:i + 256]))).float().numpy()
+                               for i in range(0, len(images), 256)])
+
+    picked = pick_per_class(np.asarray(inputs.train_y), options.knn_bank_per_class)
+    log.info("--score auto: held-out-class estimates on half of the %d held-out known images", len(inputs.calib_x))
+    selection = choose_score(features(inputs.train_x[picked]), np.asarray(inputs.train_y)[picked],
+                             features(inputs.calib_x), np.asarray(inputs.calib_y))
+    record = selection.to_record(list(inputs.classes))
+    log.info("--score auto chose %s (held-out-class AUROC %.3f; %s); the threshold uses the other %d images",
+             selection.name, selection.estimates[selection.name],
+             ", ".join(f"{k} {v:.3f}" for k, v in sorted(selection.estimates.items(), key=lambda kv: -kv[1])[1:4]),
+             len(selection.calibration_indices))
+    keep = selection.calibration_indices
+    inputs = replace(inputs, calib_x=inputs.calib_x[keep], calib_y=np.asarray(inputs.calib_y)[keep])
+    options = replace(options, score_function=selection.score_function, knn_k=selection.knn_k or options.knn_k,
+                      auto_score=True)
+    return inputs, options, record
 
 
 def knn_record(parts: dict[str, Any], options: ExportOptions) -> dict:
@@ -232,6 +273,9 @@ def preflight(classes: list[str], image_size: int, options: ExportOptions, versi
     version, a model whose newest version has other classes or another input, a model config
     that would change (each allowed with options.force), for the model and its variants; and a
     kNN k that no bank of these classes can hold."""
+    if options.score_function == "auto" and len(classes) < 3:
+        raise ValueError(f"--score auto holds each known class out in turn and needs at least 3 classes; "
+                         f"this model has {len(classes)}: pick --score yourself")
     if options.score_function == "knn" and options.knn_k > options.knn_bank_per_class * len(classes):
         raise ValueError(f"--knn-k {options.knn_k} is larger than the feature bank can be "
                          f"({options.knn_bank_per_class} images per class x {len(classes)} classes): "
@@ -274,6 +318,10 @@ def export_to_repository(inputs: ExportInputs, options: ExportOptions) -> Export
 
     model = inputs.model.eval()
     num_classes = len(inputs.classes)
+    selection: dict = {}
+    if options.score_function == "auto":
+        inputs, options, record = select_score(model, inputs, options)
+        selection = {"score_selection": record}
     parts = score_parts(model, inputs, options)
     log.info("scoring %d calibration images", len(inputs.calib_x))
     scores, predicted = calibration_scores(inputs, parts)
@@ -299,10 +347,11 @@ def export_to_repository(inputs: ExportInputs, options: ExportOptions) -> Export
         model_path = export_onnx(graph, staging / MODEL_FILE, inputs.image_size)
         log.info("checking onnxruntime against torch")
         parity = verify_onnx(graph, model_path, parity_sample(inputs, options.parity_images))
-        metrics = report_metrics(model_path, staging / REPORT_DIR, inputs, threshold, options)
+        metrics = report_metrics(model_path, staging / REPORT_DIR, inputs, threshold, options,
+                                 selection.get("score_selection"))
         manifest = build_manifest(
             options.name, version, model_path, inputs, threshold, options.score_function, metrics, parity,
-            extra=knn_record(parts, options),
+            extra={**knn_record(parts, options), **selection},
         )
         write_manifest(staging, manifest)
         result.manifest = manifest
@@ -329,6 +378,7 @@ def report_metrics(
     inputs: ExportInputs,
     threshold: conformal.ConformalThreshold,
     options: ExportOptions,
+    selection: dict | None = None,
 ) -> dict:
     if not options.report or inputs.test_known_x is None:
         return {}
@@ -336,7 +386,7 @@ def report_metrics(
 
     log.info("writing the report (onnxruntime on %d known, %d unknown test images)",
              len(inputs.test_known_x), 0 if inputs.test_unknown_x is None else len(inputs.test_unknown_x))
-    return write_report(
+    metrics = write_report(
         model_path,
         report_dir,
         classes=inputs.classes,
@@ -349,6 +399,42 @@ def report_metrics(
         score_note=score_note(options),
         export_command=export_command(inputs.provenance, options),
     )
+    if selection:
+        from osr.export.score_selection import markdown
+
+        metrics["score_selection"] = selection
+        with open(report_dir / "report.md", "a", encoding="utf-8") as fh:
+            fh.write(markdown(selection))
+    if options.reference and inputs.train_x is not None:
+        add_frozen_reference(report_dir, inputs, options, metrics)
+    if selection or "frozen_reference" in metrics:
+        (report_dir / "report.json").write_text(json.dumps(metrics, indent=2) + "\n", encoding="utf-8")
+    return metrics
+
+
+def _dict(value: Any) -> dict:
+    return value if isinstance(value, dict) else {}
+
+
+def add_frozen_reference(report_dir: Path, inputs: ExportInputs, options: ExportOptions, metrics: dict) -> None:
+    """The frozen-pretrained probe on the same images, into metrics, report.md and the console."""
+    from osr.export import probe
+
+    reference = probe.frozen_reference(
+        inputs.provenance.get("training_config") or {}, _dict(inputs.provenance.get("student")), inputs.image_size,
+        inputs.train_x, inputs.train_y, inputs.calib_x, inputs.test_known_x, inputs.test_known_y,
+        inputs.test_unknown_x, options.alpha, features_of=options.reference_features)
+    metrics["frozen_reference"] = reference
+    with open(report_dir / "report.md", "a", encoding="utf-8") as fh:
+        fh.write(probe.markdown(reference, metrics))
+    warning = probe.comparison(reference, metrics)
+    if warning:
+        log.warning("%s", warning)
+    elif not reference.get("available"):
+        log.info("frozen-feature reference not computed: %s", reference.get("why"))
+    elif "best" in reference:
+        best = reference["probes"][reference["best"]]
+        log.info("frozen-feature reference (no training): AUROC %.3f; this model %.3f", best["auroc"], metrics["auroc"])
 
 
 SCORE_NOTES = {
@@ -385,9 +471,11 @@ def export_command(provenance: dict, options: ExportOptions) -> str:
         words += ["--confidence", f"{options.confidence:g}"]
     if options.per_class:
         words.append("--per-class")
-    if options.score_function != "max_logit":
+    if options.auto_score:
+        words += ["--score", "auto", "--knn-bank-per-class", str(options.knn_bank_per_class)]
+    elif options.score_function != "max_logit":
         words += ["--score", options.score_function]
-    if options.score_function == "knn":
+    if options.score_function == "knn" and not options.auto_score:
         words += ["--knn-k", str(options.knn_k), "--knn-bank-per-class", str(options.knn_bank_per_class)]
     flags = {"--int8": options.int8, "--tensorrt": options.tensorrt, "--tensorrt-fp16": options.tensorrt_fp16,
              "--tensorrt-accelerator": options.tensorrt_accelerator}
