@@ -51,6 +51,8 @@ class TrainConfig:
                                  "data, imagenet, half (0.5/0.5)", INPUT_NORMS)
     backbone_lr_mult: float = _f(0.1, "with --pretrained: learning rate of the pretrained layers relative to the new head")
     freeze_backbone_epochs: float = _f(0.0, "with --pretrained: train only the new head for this many epochs first")
+    feature_anchor: float = _f(0.0, "with --pretrained: weight of a term keeping the penultimate features near the "
+                                    "frozen pretrained network's (1 - cosine) on the images the student sees")
     # method
     method: str = _f("ce", "ce: cross-entropy; kd: symmetric distillation; ad: asymmetric distillation", METHODS)
     mix: str = _f("none", "multi-sample augmentation on mixed steps", MIXES, shown="none; cutmix for kd/ad")
@@ -142,7 +144,7 @@ _NOT_IN_DIGEST = ("out", "resume", "workers", "device", "data_root", "compile")
 
 # Fields added after runs were checkpointed, with the default that reproduces the older behaviour.
 _ADDED_LATER = {"ad_mixed_ce": 0.0, "ad_learnable_target": "raw", "pretrained": None, "input_size": None,
-                "input_norm": "auto", "backbone_lr_mult": 0.1, "freeze_backbone_epochs": 0.0,
+                "input_norm": "auto", "backbone_lr_mult": 0.1, "freeze_backbone_epochs": 0.0, "feature_anchor": 0.0,
                 "skip_bad_images": False}
 
 

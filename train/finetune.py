@@ -6,13 +6,15 @@ at all during the first ``--freeze-backbone-epochs`` (their BatchNorm statistics
 
 from __future__ import annotations
 
+import copy
 from typing import Callable, Sequence
 
 from torch import nn
 
 from .adapter import HALF, IMAGENET_MEAN, IMAGENET_STD, AdaptedModel
 from .config import TrainConfig
-from .pretrained import PRETRAINED_ARCHS, expected_stats, load_pretrained
+from .pretrained import PRETRAINED_ARCHS, expected_stats, head_name, load_pretrained
+from .steps import FeatureAnchor
 
 _NAMED_STATS = {"imagenet": (IMAGENET_MEAN, IMAGENET_STD), "half": (HALF, HALF)}
 
@@ -71,3 +73,23 @@ def group_schedules(groups: list[dict], base: Callable[[int], float], steps_per_
         return 0.0 if step < frozen_steps else base(step)
 
     return [backbone if g["name"] == "backbone" else base for g in groups]
+
+
+def feature_anchor(model: nn.Module, cfg: TrainConfig) -> FeatureAnchor | None:
+    """``--feature-anchor``: a frozen copy of the freshly loaded pretrained model, cut at its head."""
+    if not cfg.feature_anchor:
+        return None
+    if not cfg.pretrained:
+        raise ValueError("--feature-anchor needs --pretrained: it anchors the features to the pretrained network's")
+    name = head_name(model)
+    anchor = copy.deepcopy(model).eval()
+    anchor.set_submodule(name, nn.Identity())
+    for p in anchor.parameters():
+        p.requires_grad_(False)
+    # BatchNorm on batch statistics, as in the training student (ImageNet's running statistics would
+    # make the target differ from the student's features before any step); momentum 0 keeps them.
+    for m in anchor.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            m.train()
+            m.momentum = 0.0
+    return FeatureAnchor(anchor, model.get_submodule(name), cfg.feature_anchor)

@@ -39,13 +39,39 @@ def _result(s: Tensor, terms: dict[str, Tensor], **extra: Tensor) -> tuple[Tenso
     return loss, stats
 
 
+class FeatureAnchor:
+    """A term that keeps the student's penultimate features (its head's input) near those of the
+    frozen pretrained network on the images the student sees: 1 - cosine, times ``weight``.
+    Fine-tuning on a few hundred images per class otherwise reshapes the features that carry
+    the pretrained network's novelty signal (docs/results.md, "open-set quality on small data").
+
+    ``anchor`` is the pretrained network cut at its head (its features), frozen and in eval mode;
+    ``student_head`` is the student's head, whose input a forward hook captures."""
+
+    def __init__(self, anchor: nn.Module, student_head: nn.Module, weight: float):
+        self.anchor, self.weight = anchor, weight
+        self.features: Tensor | None = None
+        student_head.register_forward_hook(self._capture)
+
+    def _capture(self, module: nn.Module, inputs: tuple, output: Tensor) -> None:
+        self.features = inputs[0]
+
+    def __call__(self, x: Tensor) -> Tensor:
+        """The term for the student's last forward pass, which saw ``x``."""
+        with torch.no_grad():
+            target = self.anchor(x).float()
+        return self.weight * (1 - F.cosine_similarity(self.features.float(), target, dim=1)).mean()
+
+
 class Step:
     """Callable ``(student, x, y, mixed) -> (loss, stats)``; ``teacher`` is frozen and in eval mode."""
 
-    def __init__(self, cfg: TrainConfig, num_classes: int, teacher: nn.Module | None = None):
+    def __init__(self, cfg: TrainConfig, num_classes: int, teacher: nn.Module | None = None,
+                 anchor: FeatureAnchor | None = None):
         self.cfg = cfg
         self.k = num_classes
         self.teacher = teacher
+        self.anchor = anchor
         self.mix = MIX_FNS.get(cfg.mix)
         self.dist = lambda s, t: dist_loss(s, t, beta=cfg.dist_beta, gamma=cfg.dist_gamma, tau=cfg.tau)
 
@@ -54,6 +80,20 @@ class Step:
         return self.teacher(x).float()
 
     def __call__(self, student: nn.Module, x: Tensor, y: Tensor, mixed: bool) -> tuple[Tensor, dict]:
+        if self.anchor is None:
+            return self._method_step(student, x, y, mixed)
+        seen: list[Tensor] = []
+
+        def recording(images: Tensor) -> Tensor:
+            seen.append(images)
+            return student(images)
+
+        loss, stats = self._method_step(recording, x, y, mixed)
+        term = self.anchor(seen[-1])
+        stats["loss_anchor"] = term.detach()
+        return loss + term, stats
+
+    def _method_step(self, student, x: Tensor, y: Tensor, mixed: bool) -> tuple[Tensor, dict]:
         method = self.cfg.method
         if not mixed or self.mix is None:
             s = student(x).float()

@@ -27,7 +27,7 @@ from .augment import DeviceBatches, train_transform
 from .checkpoint import SCHEMA, CheckpointError, atomic_torch_save, git_commit, load_checkpoint, model_from_checkpoint
 from .config import TrainConfig
 from .data import OpenSetData, load_open_set
-from .finetune import apply_pretrained, group_schedules, input_adapter_args, param_groups
+from .finetune import apply_pretrained, feature_anchor, group_schedules, input_adapter_args, param_groups
 from .metrics import SCORES, auroc, known_score, near_chance_warning, open_set_metrics
 from .models import build_model
 from .steps import EpochTerms, Step
@@ -224,7 +224,8 @@ class Trainer:
         self.opt = torch.optim.SGD(groups, lr=lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
         self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, group_schedules(
             groups, lambda s: lr_factor(s, self.steps_per_epoch, cfg), self.steps_per_epoch, cfg))
-        self.step = Step(cfg, k, torch.compile(self.teacher) if cfg.compile and self.teacher is not None else self.teacher)
+        self.step = Step(cfg, k, torch.compile(self.teacher) if cfg.compile and self.teacher is not None else self.teacher,
+                         anchor=feature_anchor(self.model, cfg))
         self.epoch = 0
         self.metrics: dict = {}
         self.run_id = f"{self.out.name}-{cfg.digest()}"
