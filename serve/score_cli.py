@@ -98,10 +98,9 @@ ALARM on either says the batch is not what the threshold was calibrated on (docs
 and osr-score exits 4.
 
 exit status: 0 all files scored; 3 some rows in --out have status=error; 4 --summary raised an
-ALARM (whether or not some rows failed); 2 usage error (bad
-arguments, missing input, output exists or cannot be written or resumed, model repository that
-cannot be loaded); 1 the backend failed (what was written so far is kept; rerun with --resume);
-130 interrupted (Ctrl-C).
+ALARM (whether or not some rows failed); 2 usage error (bad arguments, missing input, output
+exists or cannot be written or resumed, model repository that cannot be loaded); 1 the backend
+failed (what was written so far is kept; rerun with --resume); 130 interrupted (Ctrl-C).
 """
 
 
