@@ -10,8 +10,11 @@ Status codes for bad input (never a 5xx):
   at least one file decodes, the others are rows with status "error" and the answer is 200;
 - 422 /v1/classify request that is not a multipart form with files in the field ``files``;
 - 400 /v2 inference request with garbage JSON, a wrong shape or a wrong datatype;
-- 404 unknown route, model or version; 503 while the model is loading, or for a request still
-  running when shutdown's grace period ends.
+- 404 unknown route, model or version;
+- 503 with Retry-After while the model is loading; for a request still running when shutdown's
+  grace period ends; when an upload found no room in the decode memory budget within
+  ``decode_wait_s`` (serve/decode_gate.py); and when a request's decoding and inference did not
+  finish within ``request_timeout_s`` of its body arriving (its remaining work is dropped).
 /v1 (and every non-/v2 route) answers errors as {"detail": message}; /v2 as {"error": message},
 the Open Inference Protocol's error body that tritonclient reads.
 The API key guards /v1/* and /v2 metadata and inference; health, /metrics, the docs and the demo
@@ -40,8 +43,17 @@ import osr
 from osr.export.manifest import INPUT_NAME, OUTPUT_NAMES, input_specs, output_specs
 from osr.serve import oip
 from osr.serve.batcher import DynamicBatcher
-from osr.serve.decode import DecodeError, decode_to_pil
-from osr.serve.http_layer import BodyReadError, api_key_guard, install_error_handlers, install_http_guards
+from osr.inputs import CheckedInput, InputLimits, check_input, error_message
+from osr.serve import memory
+from osr.serve.decode import DecodeError
+from osr.serve.decode_gate import DecodeGate, Overloaded
+from osr.serve.http_layer import (
+    BodyReadError,
+    api_key_guard,
+    install_error_handlers,
+    install_http_guards,
+    overloaded,
+)
 from osr.serve.metrics import MetricsMiddleware, ServiceMetrics
 from osr.serve.predictor import Predictor
 from osr.serve.results import error_row, rows_from_outputs
@@ -66,6 +78,7 @@ class ServiceState:
     metrics: ServiceMetrics = field(default_factory=ServiceMetrics)
     predictor: Predictor | None = None
     batcher: DynamicBatcher | None = None
+    gate: DecodeGate | None = None
     ready: bool = False
     load_error: str | None = None
 
@@ -91,6 +104,12 @@ def onnxruntime_threads(settings: Settings) -> int | None:
     return None
 
 
+def decode_threads(settings: Settings) -> int:
+    """--decode-threads if given, else min(4, CPUs): Pillow decodes on one core, and more
+    decodes at once than cores only share the CPU and add to the memory in flight."""
+    return settings.decode_threads or min(4, os.cpu_count() or 1)
+
+
 def default_predictor_factory(settings: Settings) -> PredictorFactory:
     def load() -> Predictor:
         return Predictor.from_repository(
@@ -106,8 +125,12 @@ async def _load_model(state: ServiceState, factory: PredictorFactory) -> None:
     try:
         predictor = await run_in_threadpool(factory)
         state.predictor = predictor
-        state.metrics.watch(predictor.manifest["threshold"])
+        state.metrics.watch(predictor.manifest["threshold"],
+                            images_per_request=state.settings.monitor_images_per_request)
         await run_in_threadpool(predictor.warmup)
+        state.gate = DecodeGate(state.settings.decode_memory_bytes, decode_threads(state.settings),
+                                state.settings.decode_wait_s, on_change=state.metrics.observe_decode_gate)
+        memory.map_large_allocations()  # freed image memory goes back to the OS (serve/memory.py)
         state.batcher = DynamicBatcher(
             predictor.run, max_batch=state.settings.max_batch, max_wait_ms=state.settings.max_wait_ms,
             on_batch=state.metrics.observe_batch, track_arrivals=True,
@@ -163,18 +186,51 @@ async def _read_files(request: Request, max_files: int) -> list[tuple[str, bytes
         await form.close()
 
 
-def _prepare(predictor: Predictor, items: list[tuple[str, bytes]], max_pixels: int) -> tuple[list, list[str]]:
-    """Decode and resize each file; (per-file array or error message, names). Runs in a thread."""
+@contextlib.asynccontextmanager
+async def request_deadline(state: ServiceState) -> AsyncIterator[None]:
+    """503 with Retry-After when the block (a request's decoding and inference) runs past
+    ``request_timeout_s``; cancelling it drops the work not started (decodes still queued, batch
+    chunks not run). A decode already running finishes on its thread, within the decode budget."""
+    seconds = state.settings.request_timeout_s
+    timeout = asyncio.timeout(seconds)
+    try:
+        async with timeout:
+            yield
+    except TimeoutError:
+        if not timeout.expired():
+            raise
+        state.metrics.overloaded.labels("deadline").inc()
+        raise overloaded(f"the request did not finish within its deadline of {seconds:g} s (decoding and "
+                         "inference); its remaining work was dropped; retry later, or with fewer or smaller "
+                         "images") from None
+
+
+def _decode_and_resize(checked: CheckedInput, predictor: Predictor) -> np.ndarray:
+    return predictor.preprocess(checked.decode())
+
+
+async def _prepare(state: ServiceState, predictor: Predictor, items: list[tuple[str, bytes]]) -> list[np.ndarray | str]:
+    """Each file through osr.inputs (the one input path) and the decode gate, one after the other
+    (so requests take turns at the gate): the [S, S, 3] array, or the file's error message.
+    The gate's Overloaded (no room within decode_wait_s) is the whole request's answer."""
+    gate, limits = state.gate, InputLimits(state.settings.max_pixels)
+    assert gate is not None
     prepared: list[np.ndarray | str] = []
     for name, data in items:
         try:
-            prepared.append(predictor.preprocess(decode_to_pil(data, max_pixels)))
-        except DecodeError as exc:
-            prepared.append(str(exc))
-        except Exception as exc:  # a decoded image the resizer still cannot handle is the file's fault
-            log.warning("cannot preprocess %s", name, exc_info=True)
-            prepared.append(f"cannot process image: {exc}")
-    return prepared, [name for name, _ in items]
+            checked = await gate.inspect(check_input, data, limits)
+        except Exception as exc:  # DecodeError: the file's own fault
+            prepared.append(error_message(exc))
+            continue
+        try:
+            prepared.append(await gate.run(checked.memory_bytes, _decode_and_resize, checked, predictor))
+        except Overloaded:
+            raise
+        except Exception as exc:  # the file's own fault, or a library failing on one odd image
+            if not isinstance(exc, DecodeError):
+                log.warning("cannot preprocess %s", name, exc_info=True)
+            prepared.append(error_message(exc))
+    return prepared
 
 
 def _v1_router(state: ServiceState, guard: Callable[[Request], None]) -> APIRouter:
@@ -191,14 +247,17 @@ def _v1_router(state: ServiceState, guard: Callable[[Request], None]) -> APIRout
         predictor, batcher = state.require_ready()
         with batcher.arrival() as arrival:  # the batcher waits for this request while it is decoded
             items = await _read_files(request, settings.max_files)
-            prepared, names = await run_in_threadpool(_prepare, predictor, items, settings.max_pixels)
-            ok = [i for i, p in enumerate(prepared) if not isinstance(p, str)]
-            state.metrics.files.labels("ok").inc(len(ok))
-            state.metrics.files.labels("error").inc(len(prepared) - len(ok))
-            if not ok:
-                reasons = "; ".join(f"{name}: {message}" for name, message in zip(names, prepared))
-                raise HTTPException(415, f"no file is a usable image: {reasons}")
-            outputs = await batcher.infer(np.stack([prepared[i] for i in ok]), arrival)
+            names = [name for name, _ in items]
+            async with request_deadline(state):
+                prepared = await _prepare(state, predictor, items)
+                ok = [i for i, p in enumerate(prepared) if not isinstance(p, str)]
+                state.metrics.files.labels("ok").inc(len(ok))
+                state.metrics.files.labels("error").inc(len(prepared) - len(ok))
+                if not ok:
+                    reasons = "; ".join(f"{name}: {message}" for name, message in zip(names, prepared))
+                    raise HTTPException(415, f"no file is a usable image: {reasons}")
+                outputs = await batcher.infer(np.stack([prepared[i] for i in ok]), arrival)
+        state.metrics.observe_request(outputs)
         k = settings.default_top_k if top_k is None else top_k
         rows: list[dict] = [
             error_row(name, p) if isinstance(p, str) else {} for name, p in zip(names, prepared)
@@ -243,7 +302,7 @@ def _model_config(predictor: Predictor, max_batch: int) -> dict:
             "max_batch_size": max_batch, "input": tensors(metadata.inputs), "output": tensors(metadata.outputs)}
 
 
-def _check_images_input(request: oip.InferRequest, image_size: int) -> None:
+def _check_images_input(request: oip.InferRequest, image_size: int, max_images: int) -> None:
     names = [t.name for t in request.inputs]
     if names != [INPUT_NAME]:
         raise oip.OipError(f"the model takes exactly one input '{INPUT_NAME}', got {names}")
@@ -254,13 +313,17 @@ def _check_images_input(request: oip.InferRequest, image_size: int) -> None:
     if len(tensor.shape) != 4 or list(tensor.shape[1:]) != expected or tensor.shape[0] < 1:
         raise oip.OipError(f"input '{INPUT_NAME}' must have shape [N, {image_size}, {image_size}, 3] with N >= 1 "
                            f"(RGB, already resized), got {tensor.shape}")
+    oip.element_count(INPUT_NAME, list(tensor.shape))  # dimensions past int32 are a 400 first
+    if tensor.shape[0] > max_images:  # before the tensor is decoded
+        raise oip.OipError(f"input '{INPUT_NAME}' holds {tensor.shape[0]} images; at most {max_images} are "
+                           "accepted in one request (send several requests)", status=413)
 
 
 def _decode_infer_request(
-    body: bytes, headers: Mapping[str, str], image_size: int, max_json_bytes: int
+    body: bytes, headers: Mapping[str, str], image_size: int, max_json_bytes: int, max_images: int
 ) -> tuple[oip.InferRequest, np.ndarray, list[tuple[str, bool]]]:
     infer_request, binary = oip.parse_infer_request(body, headers.get(oip.HEADER_LENGTH), max_json_bytes)
-    _check_images_input(infer_request, image_size)
+    _check_images_input(infer_request, image_size, max_images)
     chosen = oip.requested_outputs(infer_request, list(OUTPUT_NAMES))
     images = oip.decode_input_tensors(infer_request, binary)[INPUT_NAME]
     return infer_request, images, chosen
@@ -332,10 +395,13 @@ def _v2_routers(state: ServiceState, guard: Callable[[Request], None]) -> list[A
         with batcher.arrival() as arrival:
             body = await oip.read_infer_body(request.stream(), request.headers, settings.max_body_bytes,
                                              settings.max_json_bytes)  # inflated as it streams in, bounded
-            # JSON parsing and tensor decoding are CPU work: off the event loop
-            infer_request, images, chosen = await run_in_threadpool(
-                _decode_infer_request, body, request.headers, predictor.image_size, settings.max_json_bytes)
-            outputs = await batcher.infer(images, arrival)
+            async with request_deadline(state):
+                # JSON parsing and tensor decoding are CPU work: off the event loop
+                infer_request, images, chosen = await run_in_threadpool(
+                    _decode_infer_request, body, request.headers, predictor.image_size, settings.max_json_bytes,
+                    settings.max_infer_images)
+                outputs = await batcher.infer(images, arrival)
+        state.metrics.observe_request(outputs)
         content, header_length = await run_in_threadpool(
             oip.encode_infer_response, predictor.name, str(predictor.version), infer_request.id, outputs, chosen)
         if header_length is None:
@@ -392,6 +458,8 @@ def create_app(settings: Settings | None = None, *, predictor_factory: Predictor
                 await loader
             if state.batcher is not None:
                 await run_in_threadpool(state.batcher.close)  # finishes queued requests first
+            if state.gate is not None:
+                state.gate.close()
             if state.predictor is not None:
                 state.predictor.close()
 

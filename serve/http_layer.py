@@ -21,6 +21,7 @@ from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from osr.serve import oip
+from osr.serve.decode_gate import Overloaded
 from osr.serve.settings import Settings
 
 log = logging.getLogger("osr.serve")
@@ -153,6 +154,16 @@ class ShutdownMiddleware:
 
 # -- errors ---------------------------------------------------------------------------------------
 
+# Retry-After of a 503 for load (the decode budget, a request's deadline): long enough for the
+# decodes in flight to finish, short enough for a client to come back soon
+OVERLOAD_RETRY_AFTER_S = 5
+
+
+def overloaded(message: str) -> HTTPException:
+    """The 503 of a request refused for load."""
+    return HTTPException(503, message, headers={"Retry-After": str(OVERLOAD_RETRY_AFTER_S)})
+
+
 def is_oip_path(path: str) -> bool:
     return path == "/v2" or path.startswith("/v2/")
 
@@ -183,6 +194,13 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(oip.OipError)
     async def protocol_error(request: Request, exc: oip.OipError) -> Response:
         return error_response(request.url.path, HTTPException(exc.status, str(exc)))
+
+    @app.exception_handler(Overloaded)
+    async def decode_budget_full(request: Request, exc: Overloaded) -> Response:
+        metrics = getattr(getattr(request.app.state, "service", None), "metrics", None)
+        if metrics is not None:
+            metrics.overloaded.labels("decode_budget").inc()
+        return error_response(request.url.path, overloaded(str(exc)))
 
     @app.exception_handler(ClientDisconnect)
     async def client_gone(request: Request, exc: ClientDisconnect) -> Response:

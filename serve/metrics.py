@@ -19,7 +19,13 @@ from prometheus_client import multiprocess
 from starlette.routing import BaseRoute, Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from osr.serve.monitor import DEFAULT_WINDOW, P_VALUE_BUCKETS, KnownTraffic, WindowMonitor
+from osr.serve.monitor import (
+    DEFAULT_IMAGES_PER_REQUEST,
+    DEFAULT_WINDOW,
+    P_VALUE_BUCKETS,
+    KnownTraffic,
+    WindowMonitor,
+)
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
@@ -55,6 +61,14 @@ class ServiceMetrics:
         self.batch_latency = Histogram("osr_inference_duration_seconds", "duration of one inference call",
                                        buckets=LATENCY_BUCKETS, registry=r)
         self.monitor: WindowMonitor | None = None
+        # load: the decode budget (serve/decode_gate.py) and the requests refused for load
+        self.decode_reserved = Gauge("osr_decode_reserved_bytes", "estimated memory of the uploads being decoded "
+                                     "now (at most decode_memory_bytes)", registry=r, multiprocess_mode="livesum")
+        self.decode_waiting = Gauge("osr_decode_waiting", "uploads waiting for room to decode", registry=r,
+                                    multiprocess_mode="livesum")
+        self.overloaded = Counter("osr_overloaded", "requests answered 503 for load, by reason: decode_budget (no "
+                                  "room to decode within decode_wait_s) or deadline (request_timeout_s passed)",
+                                  ["reason"], registry=r)
 
         def gauge(name: str, help_text: str, labels: Sequence[str] = ()) -> Gauge:
             return Gauge(f"osr_monitor_{name}", help_text, labels, registry=r, multiprocess_mode="liveall")
@@ -72,12 +86,17 @@ class ServiceMetrics:
             "(all images' with per-class thresholds)")
         self.ks_p_value = gauge("ks_p_value", "p-value of that Kolmogorov-Smirnov test (small = drift)")
 
-    def watch(self, threshold: Mapping, window: int = DEFAULT_WINDOW) -> None:
+    def watch(self, threshold: Mapping, window: int = DEFAULT_WINDOW,
+              images_per_request: int = DEFAULT_IMAGES_PER_REQUEST) -> None:
         """Start the unknown-flag monitor for a model (its manifest's threshold record)."""
-        self.monitor = WindowMonitor(KnownTraffic.from_threshold(threshold), window)
+        self.monitor = WindowMonitor(KnownTraffic.from_threshold(threshold), window, images_per_request)
         self.alpha.set(self.monitor.null.alpha)
         self.expected_unknown_rate.set(self.monitor.null.expected_unknown_rate)
         self._update_monitor_gauges()
+
+    def observe_decode_gate(self, reserved_bytes: int, waiting: int) -> None:
+        self.decode_reserved.set(reserved_bytes)
+        self.decode_waiting.set(waiting)
 
     def observe_batch(self, outputs: Mapping[str, np.ndarray], seconds: float) -> None:
         """Called by the batcher for each inference call: batch size, decisions, scores."""
@@ -89,23 +108,30 @@ class ServiceMetrics:
         self.decisions.labels("known").inc(labels.shape[0] - unknown)
         for value in np.asarray(outputs["score"], dtype=np.float64).reshape(-1):
             self.scores.observe(value)
-        p_values = np.asarray(outputs["p_value"], dtype=np.float64).reshape(-1)
-        for value in p_values:
+        for value in np.asarray(outputs["p_value"], dtype=np.float64).reshape(-1):
             self.p_values.observe(value)
+
+    def observe_request(self, outputs: Mapping[str, np.ndarray]) -> None:
+        """Called once per answered request with its outputs: a sample of at most
+        ``images_per_request`` of its decisions enters the monitor's window."""
         if self.monitor is not None:
-            self.monitor.observe(p_values, labels < 0)
+            labels = np.asarray(outputs["label"]).reshape(-1)
+            self.monitor.observe_request(np.asarray(outputs["p_value"]), labels < 0)
             self._update_monitor_gauges()
 
     def _update_monitor_gauges(self) -> None:
+        """The window's summary, never NaN: an empty window has rate 0 and band [0, 1]; a window
+        without accepted images has KS D = 0 and p = 1 (no evidence either way), and
+        ``uniformity_images`` 0 says so."""
         summary = self.monitor.summary()
-        nothing, untested = summary.images == 0, summary.uniformity_images == 0  # NaN: no data, no alarm
         self.window_images.set(summary.images)
-        self.unknown_rate.set(math.nan if nothing else summary.unknown_rate)
-        self.unknown_rate_band.labels("low").set(math.nan if nothing else summary.band[0])
-        self.unknown_rate_band.labels("high").set(math.nan if nothing else summary.band[1])
+        self.unknown_rate.set(_finite(summary.unknown_rate, 0.0))
+        self.unknown_rate_band.labels("low").set(_finite(summary.band[0], 0.0))
+        self.unknown_rate_band.labels("high").set(_finite(summary.band[1], 1.0))
         self.uniformity_images.set(summary.uniformity_images)
-        self.ks_statistic.set(math.nan if untested else summary.ks_statistic)
-        self.ks_p_value.set(math.nan if untested else summary.ks_p_value)
+        untested = summary.uniformity_images == 0
+        self.ks_statistic.set(0.0 if untested else _finite(summary.ks_statistic, 0.0))
+        self.ks_p_value.set(1.0 if untested else _finite(summary.ks_p_value, 1.0))
 
     def exposition(self) -> tuple[bytes, str]:
         """The text /metrics returns, and its content type."""
@@ -114,6 +140,10 @@ class ServiceMetrics:
             multiprocess.MultiProcessCollector(registry)
             return generate_latest(registry), CONTENT_TYPE_LATEST
         return generate_latest(self.registry), CONTENT_TYPE_LATEST
+
+
+def _finite(value: float, default: float) -> float:
+    return float(value) if math.isfinite(value) else default
 
 
 class MetricsMiddleware:

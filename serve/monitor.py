@@ -40,6 +40,9 @@ from dataclasses import dataclass
 import numpy as np
 
 DEFAULT_WINDOW = 1000
+# at most this many images of one request enter the live window (a random sample of its images):
+# one request then holds at most 1.6 % of the default window, however many images it sends
+DEFAULT_IMAGES_PER_REQUEST = 16
 BAND_LEVEL = 0.99
 ALARM_P_VALUE = 0.01  # a batch summary's uniformity alarm; alert rules on the live gauge use lower
 P_VALUE_BUCKETS: tuple[float, ...] = tuple(round(0.05 * i, 2) for i in range(1, 21))
@@ -277,26 +280,50 @@ def format_summary(summary: Summary) -> str:
 # -- the live window -------------------------------------------------------------------------------
 
 class WindowMonitor:
-    """The last ``window`` decisions of a service; ``summary()`` tests them. Thread-safe."""
+    """The last ``window`` decisions of a service; ``summary()`` tests them. Thread-safe.
 
-    def __init__(self, null: KnownTraffic, window: int = DEFAULT_WINDOW) -> None:
+    A service feeds it with ``observe_request``: at most ``images_per_request`` images of each
+    request, drawn at random, so no single request can fill the window (one request of 1,000
+    black images used to set it to 1,000 unknowns, hiding or faking drift). Many requests from one
+    client still count as many requests: that needs client identity, which the monitor has not.
+    """
+
+    def __init__(self, null: KnownTraffic, window: int = DEFAULT_WINDOW,
+                 images_per_request: int = DEFAULT_IMAGES_PER_REQUEST, seed: int | None = None) -> None:
         if window < 1:
             raise ValueError(f"window must be at least 1, got {window}")
+        if images_per_request < 1:
+            raise ValueError(f"images_per_request must be at least 1, got {images_per_request}")
         self.null = null
         self.window = int(window)
+        self.images_per_request = int(images_per_request)
         self._p = np.zeros(self.window, dtype=np.float64)
         self._unknown = np.zeros(self.window, dtype=bool)
         self._count = 0  # images seen in total; the ring holds min(count, window) of them
+        self._rng = np.random.default_rng(seed)
         self._lock = threading.Lock()
 
     def observe(self, p_values: np.ndarray, unknown: np.ndarray) -> None:
-        p = np.asarray(p_values, dtype=np.float64).reshape(-1)[-self.window:]
-        flags = np.asarray(unknown, dtype=bool).reshape(-1)[-self.window:]
+        """Every one of these decisions enters the window (non-finite p-values are dropped)."""
+        p = np.asarray(p_values, dtype=np.float64).reshape(-1)
+        flags = np.asarray(unknown, dtype=bool).reshape(-1)
+        finite = np.isfinite(p)
+        p, flags = p[finite][-self.window:], flags[finite][-self.window:]
         with self._lock:
             slots = (self._count + np.arange(p.size)) % self.window
             self._p[slots] = p
             self._unknown[slots] = flags
             self._count += p.size
+
+    def observe_request(self, p_values: np.ndarray, unknown: np.ndarray) -> None:
+        """One request's decisions: at most ``images_per_request`` of them, drawn at random."""
+        p = np.asarray(p_values, dtype=np.float64).reshape(-1)
+        flags = np.asarray(unknown, dtype=bool).reshape(-1)
+        if p.size > self.images_per_request:
+            with self._lock:
+                chosen = np.sort(self._rng.choice(p.size, self.images_per_request, replace=False))
+            p, flags = p[chosen], flags[chosen]
+        self.observe(p, flags)
 
     def summary(self) -> Summary:
         with self._lock:

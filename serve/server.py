@@ -38,7 +38,8 @@ API_KEY_ENV = "OSR_API_KEY"
 
 
 # How a default reads in --help where its value alone says little.
-_SHOWN_DEFAULTS = {"max_body_bytes": "20 MiB", "max_json_bytes": "4 MiB", "max_header_bytes": "64 KiB"}
+_SHOWN_DEFAULTS = {"max_body_bytes": "20 MiB", "max_json_bytes": "4 MiB", "max_header_bytes": "64 KiB",
+                   "decode_memory_bytes": "768 MiB"}
 
 
 def build_parser() -> argparse.ArgumentParser:

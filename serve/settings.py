@@ -56,6 +56,18 @@ class Settings(BaseSettings):
                                   "of its headers: else 408, closed")
     max_header_bytes: int = Field(64 * 1024, ge=1024, description="largest request line plus headers: else 431")
 
+    max_infer_images: int = Field(256, ge=1, description="most images in one /v2 inference request: else 413 "
+                                  "(the batcher runs them in chunks of max_batch, taking turns with other requests)")
+    request_timeout_s: float = Field(30.0, gt=0, description="a request's decoding and inference must finish within "
+                                     "this time of its body arriving: else 503 with Retry-After, the rest dropped")
+    decode_memory_bytes: int = Field(768 * MIB, ge=MIB, description="memory the uploads being decoded at once may "
+                                     "take, across all requests (estimated from each header before decoding)")
+    decode_wait_s: float = Field(10.0, ge=0, description="longest wait of an upload for room in decode_memory_bytes "
+                                 "(first come, first served): else 503 with Retry-After")
+    decode_threads: int | None = Field(None, ge=1, description="uploads decoded at once (default: min(4, CPUs))")
+    monitor_images_per_request: int = Field(16, ge=1, description="most images of one request that enter the drift "
+                                            "monitor's window (a random sample), so no request can steer it")
+
     max_batch: int = Field(32, ge=1, description="dynamic batching: most images in one inference call")
     max_wait_ms: float = Field(2.0, ge=0, description="dynamic batching: longest wait for more requests")
 

@@ -28,17 +28,24 @@ ERROR_MEANINGS: dict[int, str] = {
     401: "Missing or wrong API key (only when the server has one: X-API-Key or Authorization: Bearer).",
     404: "No such model or version on this server.",
     408: "The request body did not arrive in time (the server's body deadline); the connection is closed.",
-    413: "Request body over the server's limit, or more files than it takes in one request.",
+    413: "Request body over the server's limit, or more files (/v1) or images (/v2) than it takes in one request.",
     415: "No uploaded file is a usable image; the message gives each file's reason.",
     422: "Not a multipart/form-data body with files in the field 'files', or a bad query parameter.",
-    503: "The model is still loading (or failed to load); retry after the Retry-After header.",
+    503: "Not now; retry after the Retry-After header: the model is still loading (or failed to load), the "
+         "server is decoding as many uploads as its memory budget allows, the request ran past its deadline "
+         "(request_timeout_s, its remaining work dropped), or the server is shutting down.",
 }
 
 
 def error_responses(*codes: int, oip: bool = False) -> dict[int | str, dict[str, Any]]:
     """The ``responses=`` entry of a route for the error codes it can answer."""
     model = OipErrorBody if oip else ErrorDetail
-    return {code: {"model": model, "description": ERROR_MEANINGS[code]} for code in codes}
+    responses: dict[int | str, dict[str, Any]] = {
+        code: {"model": model, "description": ERROR_MEANINGS[code]} for code in codes}
+    if 503 in responses:
+        responses[503]["headers"] = {"Retry-After": {
+            "description": "Seconds to wait before retrying.", "schema": {"type": "integer", "minimum": 0}}}
+    return responses
 
 
 # -- /v1/classify ---------------------------------------------------------------------------------
