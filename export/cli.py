@@ -197,7 +197,8 @@ def _validate(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None
     if args.score == "auto" and args.knn_k is not None:
         parser.error("--score auto chooses --knn-k itself; leave --knn-k out")
     if args.score not in ("knn", "auto") and knn_flags != (None, None):
-        parser.error("--knn-k and --knn-bank-per-class apply to --score knn (and --knn-bank-per-class to auto) only")
+        parser.error("--knn-k and --knn-bank-per-class apply to --score knn only (and --knn-bank-per-class to --score "
+                     "auto)")
     if any(value is not None and value < 1 for value in knn_flags):
         parser.error("--knn-k and --knn-bank-per-class must be >= 1")
 
