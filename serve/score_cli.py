@@ -76,7 +76,8 @@ the model it uses (name, version, repository) before scoring and in its summary 
 when it falls back to the bundled model, and warns when an INPUT folder holds class-like
 subfolders (images directly inside, two or more) whose names are not the model's classes.
 
---resume skips the paths already in --out (a torn last row from a killed run is removed first).
+--resume skips the paths already in --out (a torn last row from a killed run is removed first);
+an --out with any line that osr-score did not write is refused (exit 2) and left as it is.
 Without --resume or --overwrite an existing --out is not touched. Ctrl-C stops within about a
 second: the rows of finished batches are in --out, whole, and --resume continues from there.
 Only regular files are read: a FIFO, socket, device or folder given as a file becomes an error row.
@@ -402,7 +403,11 @@ class Counts:
 
 
 def read_previous(path: Path, fmt: str) -> tuple[set[str], Counts]:
-    """Paths already scored in --out (after removing a torn last row) and their counts."""
+    """Paths already scored in --out (after removing a torn last row) and their counts.
+
+    ValueError, with the file untouched, when any line is not one osr-score writes
+    (check_resume_file): a torn row is only cut from a file that is ours."""
+    check_resume_file(path, fmt)
     if remove_torn_csv_record(path) if fmt == "csv" else remove_torn_last_line(path):
         print(f"osr-score: removed an incomplete last row from {path}", file=sys.stderr)
     done: set[str] = set()
@@ -411,6 +416,113 @@ def read_previous(path: Path, fmt: str) -> tuple[set[str], Counts]:
         done.add(row_key(row))
         counts.add(row)
     return done, counts
+
+
+_JSONL_ROW_START = b'{"path": '  # how RowWriter begins every JSONL row (json.dumps, "path" first)
+_KNOWN_CSV_COLUMNS = frozenset((*CSV_FIELDS, FDR_COLUMN))
+
+
+def check_resume_file(path: Path, fmt: str) -> None:
+    """ValueError naming the first line of ``path`` that osr-score did not write; reads only.
+
+    Every complete line must be a row as RowWriter writes it (``foreign_row``); an incomplete last
+    line (a kill mid-write) must begin as such a row does. Blank JSONL lines are allowed.
+    """
+    if fmt == "csv":
+        _check_csv_resume_file(path)
+        return
+    with open(path, "rb") as handle:
+        for number, line in enumerate(handle, 1):
+            if not line.endswith(b"\n"):
+                if not line.startswith(_JSONL_ROW_START):
+                    raise _foreign_line(number, "an incomplete last line that is not the start of a row")
+                return
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line.decode("utf-8"))
+            except (ValueError, RecursionError) as exc:  # not UTF-8, not JSON, nested too deep
+                raise _foreign_line(number, f"not a JSON row: {type(exc).__name__}") from None
+            reason = foreign_row(row, csv_text=False)
+            if reason:
+                raise _foreign_line(number, reason)
+
+
+def _check_csv_resume_file(path: Path) -> None:
+    header: list[str] | None = None
+    number = start = consumed = 0
+    last_line = b""
+
+    def lines() -> Iterator[str]:
+        nonlocal consumed, last_line
+        with open(path, "rb") as handle:
+            for last_line in handle:
+                consumed += len(last_line)
+                yield last_line.decode("utf-8")
+
+    try:
+        for number, record in enumerate(csv.reader(lines(), strict=True), 1):
+            if header is None:
+                header = record
+                unknown = [name for name in header if name not in _KNOWN_CSV_COLUMNS]
+                if unknown or len(set(header)) != len(header) or not {"path", "status"} <= set(header):
+                    raise _foreign_line(1, f"a header that osr-score does not write: {header[:8]}", "record")
+            elif len(record) != len(header) or not last_line.endswith(b"\n"):
+                break  # torn, or damaged before the end: remove_torn_csv_record tells which
+            else:
+                reason = foreign_row(dict(zip(header, record)), csv_text=True)
+                if reason:
+                    raise _foreign_line(number, reason, "record")
+            start = consumed
+    except (csv.Error, UnicodeDecodeError) as exc:
+        if header is None:
+            raise _foreign_line(1, f"not CSV: {type(exc).__name__}", "record") from None
+        number += 1
+    with open(path, "rb") as handle:
+        handle.seek(start)
+        tail = handle.read(1)
+    if tail and tail != b'"':  # every value RowWriter writes is quoted
+        raise _foreign_line(number, "an incomplete record that is not the start of a row", "record")
+
+
+def foreign_row(row: object, *, csv_text: bool) -> str | None:
+    """Why ``row`` (parsed from a JSONL line, or a CSV record as text) is not a row osr-score
+    writes; None when it is one. Checks what --resume, --fdr and --summary read back."""
+    if not isinstance(row, dict):
+        return f"a JSON {type(row).__name__}, not an object"
+    path, status = row.get("path"), row.get("status")
+    if not isinstance(path, str):
+        return f"its 'path' is {'missing' if path is None else 'a ' + type(path).__name__}, not a string"
+    if status not in ("ok", "error"):
+        return "its 'status' is neither 'ok' nor 'error'"
+    encoded = row.get(PATH_BYTES_FIELD)
+    if encoded not in (None, ""):
+        try:
+            base64.b64decode(encoded, validate=True)
+        except (TypeError, ValueError):
+            return f"its '{PATH_BYTES_FIELD}' is not base64 text"
+    if status == "ok":
+        p_value, unknown = row.get("p_value"), row.get("unknown")
+        if csv_text:
+            try:
+                p_value = float(p_value)
+            except (TypeError, ValueError):
+                return "its 'p_value' is not a number"
+            known_flag = unknown in ("True", "False")
+        else:
+            if isinstance(p_value, bool) or not isinstance(p_value, (int, float)):
+                return "its 'p_value' is not a number"
+            known_flag = isinstance(unknown, bool)
+        if not 0.0 <= p_value <= 1.0:  # NaN fails too
+            return "its 'p_value' is not between 0 and 1"
+        if not known_flag:
+            return "its 'unknown' is not true or false"
+    return None
+
+
+def _foreign_line(number: int, reason: str, unit: str = "line") -> ValueError:
+    return ValueError(f"{unit} {number} is not a row osr-score writes ({reason}); nothing was changed: "
+                      "give another --out, or --overwrite to replace the file")
 
 
 def check_output_path(path: Path) -> None:
