@@ -36,6 +36,9 @@ class TrainConfig:
     calib_fraction: float = _f(0.1, "share of each known class's training images held out for calibration")
     split_seed: int = _f(0, "seed of the calibration hold-out and subsets (keep equal for teacher and student)")
     max_train_per_class: int | None = _f(None, "train on at most this many images per class (quick runs)", shown="all")
+    subset_seed: int | None = _f(None, "with --max-train-per-class: seed of which images of each class are drawn (another "
+                                       "subset of the same pool; the calibration hold-out and test sets stay); teacher and "
+                                       "students of one subset share it", shown="none: the draw of --split-seed")
     max_test_per_class: int | None = _f(None, "evaluate on at most this many test images per class", shown="all")
     skip_bad_images: bool = _f(False, "imagefolder: leave out image files that do not decode (named in a warning) "
                                       "instead of stopping with their list")
@@ -145,7 +148,7 @@ _NOT_IN_DIGEST = ("out", "resume", "workers", "device", "data_root", "compile")
 # Fields added after runs were checkpointed, with the default that reproduces the older behaviour.
 _ADDED_LATER = {"ad_mixed_ce": 0.0, "ad_learnable_target": "raw", "pretrained": None, "input_size": None,
                 "input_norm": "auto", "backbone_lr_mult": 0.1, "freeze_backbone_epochs": 0.0, "feature_anchor": 0.0,
-                "skip_bad_images": False}
+                "skip_bad_images": False, "subset_seed": None}
 
 
 def _parse_bool(s: str) -> bool:

@@ -228,10 +228,22 @@ def _source(dataset: str, root: Path, download: bool) -> _Source:
     raise DataError(f"{dataset} data not found under {root}. " + _HOW_TO_GET.format(want=want))
 
 
-def _per_class_cap(labels: np.ndarray, positions: np.ndarray, cap: int | None, seed: int) -> np.ndarray:
+# A third word in the subset draw's seed, so that no subset seed draws with the stream of another use
+# (the hold-out's default_rng(split_seed), the older cap's default_rng(split_seed + 1)).
+_SUBSET_TAG = 0x5B5E7
+
+
+def _per_class_cap(labels: np.ndarray, positions: np.ndarray, cap: int | None, seed: int,
+                   subset_seed: int | None = None) -> np.ndarray:
+    """At most ``cap`` of ``positions`` per class, drawn at random. ``subset_seed`` None is the draw every
+    run made before it existed (seed + 1); an integer draws another subset of the same positions. For one
+    seed the draw of a smaller cap is the first part of a larger one's (a class's permutation does not
+    depend on the cap), so a teacher on 500 images per class saw the 150 of its students of that draw."""
     if cap is None:
         return positions
-    rng = np.random.default_rng(seed + 1)
+    if subset_seed is not None and subset_seed < 0:
+        raise ValueError(f"subset_seed must be a non-negative integer or None, got {subset_seed}")
+    rng = np.random.default_rng(seed + 1 if subset_seed is None else [seed, subset_seed, _SUBSET_TAG])
     out = [rng.permutation(positions[labels[positions] == c])[:cap] for c in np.unique(labels[positions])]
     return np.sort(np.concatenate(out)) if out else positions
 
@@ -248,9 +260,12 @@ def load_open_set(
     max_test_per_class: int | None = None,
     download: bool = False,
     skip_bad_images: bool = False,
+    subset_seed: int | None = None,
 ) -> OpenSetData:
     """Build one open-set split. The calibration hold-out is drawn first, from all training
-    images of each known class, so it never depends on ``max_train_per_class``."""
+    images of each known class, so it never depends on ``max_train_per_class``; ``subset_seed``
+    picks which ``max_train_per_class`` images of the rest are drawn (None: the draw of
+    ``split_seed``, as before the knob existed), and never changes the hold-out or the test sets."""
     if dataset not in DATASETS:
         raise ValueError(f"unknown dataset {dataset!r}: valid datasets are {', '.join(DATASETS)}")
     if not 0.0 <= calib_fraction < 1.0:
@@ -259,7 +274,7 @@ def load_open_set(
     size = image_size or DEFAULT_IMAGE_SIZE[dataset]
     if dataset == "imagefolder":
         return _load_imagefolder(root, size, calib_fraction, split_seed, max_train_per_class, max_test_per_class,
-                                 skip_bad_images)
+                                 skip_bad_images, subset_seed)
 
     known, unknown, names = known_unknown(dataset, split)
     src = _source(dataset, root, download)
@@ -267,7 +282,7 @@ def load_open_set(
     if len(pool) == 0:
         raise DataError(f"no training images of the known classes {known} under {root}")
     keep, hold = stratified_holdout(src.train_labels[pool], calib_fraction, split_seed)
-    train_idx = _per_class_cap(src.train_labels, pool[keep], max_train_per_class, split_seed)
+    train_idx = _per_class_cap(src.train_labels, pool[keep], max_train_per_class, split_seed, subset_seed)
     calib_idx = pool[hold]
     tk = _per_class_cap(src.test_labels, np.flatnonzero(np.isin(src.test_labels, known)), max_test_per_class, split_seed)
     tu = _per_class_cap(src.test_labels, np.flatnonzero(np.isin(src.test_labels, unknown)), max_test_per_class, split_seed)
@@ -282,7 +297,8 @@ def load_open_set(
 
 
 def _load_imagefolder(root: Path, size: int, calib_fraction: float, seed: int,
-                      max_train: int | None, max_test: int | None, skip_bad_images: bool = False) -> OpenSetData:
+                      max_train: int | None, max_test: int | None, skip_bad_images: bool = False,
+                      subset_seed: int | None = None) -> OpenSetData:
     """``root/train/<class>/*``, ``root/test/<class>/*`` and an optional ``root/unknown/**``
     (images of classes the model must reject, for evaluation only).
 
@@ -309,7 +325,7 @@ def _load_imagefolder(root: Path, size: int, calib_fraction: float, seed: int,
     keep, hold = stratified_holdout(labels, calib_fraction, seed)
     check_calibration(classes, np.bincount(labels, minlength=len(classes)).tolist(),
                       np.bincount(labels[hold], minlength=len(classes)).tolist(), calib_fraction)
-    keep = _per_class_cap(labels, keep, max_train, seed)
+    keep = _per_class_cap(labels, keep, max_train, seed, subset_seed)
     # max_test: the first images of each class (sorted by path), as before the check existed
     test_keep = np.concatenate([np.flatnonzero(test_labels == k)[: max_test or None] for k in range(len(classes))])
     return OpenSetData(
@@ -329,5 +345,5 @@ def open_set_from_config(config: dict, data_root: str | os.PathLike | None = Non
         image_size=config.get("image_size"), calib_fraction=config["calib_fraction"],
         split_seed=config["split_seed"], max_train_per_class=config.get("max_train_per_class"),
         max_test_per_class=config.get("max_test_per_class"), download=config.get("download", False),
-        skip_bad_images=config.get("skip_bad_images", False),
+        skip_bad_images=config.get("skip_bad_images", False), subset_seed=config.get("subset_seed"),
     )

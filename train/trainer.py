@@ -139,6 +139,13 @@ def load_teacher(path: str, data: OpenSetData, cfg: TrainConfig, device: torch.d
     if list(t["calibration_indices"]) != data.calib_indices.tolist():
         problems.append("its calibration hold-out differs (use the same --split-seed and --calib-fraction): "
                         "the teacher trained on images this run keeps for calibration")
+    # Both on a per-class subset: the same draw (one --subset-seed) nests them (the smaller is the first part of
+    # the larger); other draws would give the student a teacher that saw other images than its own.
+    if (tc.get("max_train_per_class") and cfg.max_train_per_class
+            and tc.get("subset_seed") != cfg.subset_seed):
+        problems.append(f"it trained on another subset of the training images (--subset-seed {tc.get('subset_seed')}, "
+                        f"this run {cfg.subset_seed}): use the same --subset-seed for a teacher and its students "
+                        "(a teacher on every training image, without --max-train-per-class, is fine)")
     if problems:
         raise CheckpointError(f"teacher {path} does not match this run: " + "; ".join(problems))
     model = teacher_view(model_from_checkpoint(t), t, *stats, data.image_size).to(device)
@@ -177,7 +184,7 @@ class Trainer:
             cfg.dataset, cfg.split, cfg.data_root, image_size=cfg.image_size, calib_fraction=cfg.calib_fraction,
             split_seed=cfg.split_seed, max_train_per_class=cfg.max_train_per_class,
             max_test_per_class=cfg.max_test_per_class, download=cfg.download,
-            skip_bad_images=cfg.skip_bad_images)
+            skip_bad_images=cfg.skip_bad_images, subset_seed=cfg.subset_seed)
         self.image_size_given = cfg.image_size  # None: the dataset's default (for the resize note)
         cfg.image_size = self.data.image_size
         self.mean, self.std = self.data.normalize_stats()
