@@ -244,8 +244,8 @@ def test_resume_after_kill(tiny_model_repository: Path, image_folder: Path, tmp_
             process.kill()
             process.wait()
     assert process.returncode == -signal.SIGKILL
-    with open(out, "a") as handle:  # a write torn by the kill
-        handle.write('{"path": "half-writ' if suffix == ".jsonl" else f"{all_paths[3]},ok,,")
+    with open(out, "a") as handle:  # a write torn by the kill (every CSV value is quoted)
+        handle.write('{"path": "half-writ' if suffix == ".jsonl" else f'"{all_paths[3]}","ok","",')
 
     assert _score(tiny_model_repository, str(image_folder), "--out", str(out), "--resume", "--batch-size", "2") == 3
     rows = _read_rows(out)
