@@ -57,6 +57,7 @@ def collect(root: Path = RESULTS) -> dict:
         groups[path.parent.parent.name][method_label(run["config"])].append(
             {"run": path.parent.name, "seed": run["config"]["seed"], "split": run["config"]["split"],
              "pretrained": run["config"].get("pretrained"), "teacher": Path(teacher).name if teacher else None,
+             "teacher_fingerprint": teacher_fingerprint(run),
              "budget": (run["config"].get("max_train_per_class") or 0, run["config"]["epochs"]), **run["metrics"]})
     for methods in groups.values():
         split_by_budget(methods)
@@ -80,8 +81,33 @@ def split_by_teacher(methods: dict) -> None:
     """Students of different teachers never share a row: a label whose runs learnt from more than
     one teacher becomes one label per teacher ("KD+CutMix from <teacher folder> [backbone]").
     Teachers that differ only in their seed suffix (cpu_grid.sh: one teacher per student seed)
-    count as one."""
-    _split_rows(methods, lambda r: teacher_key(r["teacher"]), lambda r, _: f" from {teacher_key(r['teacher'])}")
+    count as one. A teacher folder whose students recorded different teacher metrics was retrained
+    between them (another teacher under the same name): its students are told apart by those metrics,
+    "from <teacher> (teacher <accuracy>/<AUROC>)"."""
+    prints: dict = defaultdict(set)
+    for runs in methods.values():
+        for r in runs:
+            if r["teacher"]:
+                prints[r["teacher"]].add(r.get("teacher_fingerprint"))
+    retrained = {t for t, fps in prints.items() if len(fps) > 1}
+
+    def key(r: dict) -> str | None:
+        k = teacher_key(r["teacher"])
+        if r["teacher"] in retrained and r.get("teacher_fingerprint"):
+            k += " (teacher {:.4f}/{:.4f})".format(*r["teacher_fingerprint"])
+        return k
+    _split_rows(methods, key, lambda r, _: f" from {key(r)}")
+    for label in [lab for lab, runs in methods.items() if any(r["teacher"] in retrained for r in runs)]:
+        if " from " not in label[:label.index(" [")]:  # one teacher, but a retrained one: say which weights
+            runs = methods.pop(label)
+            methods[f"{label[:label.index(' [')]} from {key(runs[0])}{label[label.index(' ['):]}"] = runs
+
+
+def teacher_fingerprint(run: dict) -> tuple[float, float] | None:
+    """The teacher's final (accuracy, AUROC) as the student recorded them: two students of one teacher folder
+    learnt from the same weights only if these agree (None: not recorded)."""
+    m = (run.get("teacher") or {}).get("metrics") or {}
+    return (m["accuracy"], m["auroc"]) if "accuracy" in m and "auroc" in m else None
 
 
 def _split_rows(methods: dict, key, suffix) -> None:
