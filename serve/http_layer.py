@@ -22,6 +22,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from osr.serve import oip
 from osr.serve.decode_gate import Overloaded
+from osr.serve.security_headers import SecurityHeadersMiddleware
 from osr.serve.settings import Settings
 
 log = logging.getLogger("osr.serve")
@@ -29,12 +30,14 @@ CLOSE = {"Connection": "close"}  # the rest of a refused body is never read: the
 
 
 def install_http_guards(app: FastAPI, settings: Settings) -> None:
-    """The body limit and deadline, --protect-all's key check, and 503 on shutdown, in that order
-    from the inside out (add the metrics middleware after this, so it counts their answers)."""
+    """The body limit and deadline, --protect-all's key check, 503 on shutdown, and the security
+    headers on all of their answers, in that order from the inside out (add the metrics middleware
+    after this, so it counts their answers)."""
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes, timeout_s=settings.body_timeout_s)
     if settings.protect_all and settings.api_key is not None:
         app.add_middleware(ProtectAllMiddleware, expected=_expected_key(settings))
     app.add_middleware(ShutdownMiddleware)
+    app.add_middleware(SecurityHeadersMiddleware)
 
 
 # -- request body limit and deadline --------------------------------------------------------------

@@ -27,6 +27,7 @@ from typing import Any
 
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 
+from osr.serve.security_headers import API_CSP, SECURITY_HEADERS
 from osr.serve.settings import Settings
 
 HEADER_TIMEOUT_ENV = "OSR_HEADER_TIMEOUT_S"
@@ -134,23 +135,26 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
     def send_400_response(self, msg: str) -> None:
         if self._refusal is not None:  # our callback stopped the parser
             self._refuse(*self._refusal)
-        else:
-            super().send_400_response(msg)
+        else:  # a malformed request (uvicorn has logged it): its 400, with the security headers
+            self._refuse(400, msg, logged=True)
 
     def _too_large(self) -> str:
         return f"request line and headers are larger than the limit of {self._max_bytes} bytes"
 
     # -- answering ------------------------------------------------------------------------------
 
-    def _refuse(self, status: int, message: str) -> None:
+    def _refuse(self, status: int, message: str, logged: bool = False) -> None:
         """Answer with a JSON error and close: the rest of the request is never read."""
         self._disarm()
         self._awaiting_headers = False
-        client = "%s:%d" % self.client if self.client else "client"
-        log.warning("%s: %d, %s", client, status, message)
+        if not logged:
+            client = "%s:%d" % self.client if self.client else "client"
+            log.warning("%s: %d, %s", client, status, message)
         body = json.dumps({"detail": message}).encode()
         head = [STATUS_LINE[status]]
         head += [name + b": " + value + b"\r\n" for name, value in self.server_state.default_headers]
+        head += [name + b": " + value + b"\r\n" for name, value in SECURITY_HEADERS]
+        head += [b"content-security-policy: " + API_CSP.encode() + b"\r\n"]
         head += [b"content-type: application/json\r\n", b"content-length: %d\r\n" % len(body),
                  b"connection: close\r\n", b"\r\n"]
         self.transport.write(b"".join(head) + body)

@@ -10,11 +10,12 @@ from fastapi import APIRouter
 from fastapi.responses import HTMLResponse
 
 from osr.serve.routes.docs import own_assets, same_origin_only
+from osr.serve.security_headers import FRAME_ANCESTORS
 
 PAGE = "demo.html"
 # no inline script or style on this page; thumbnails are blob: URLs of the picked files
 DEMO_CSP = ("default-src 'self'; img-src 'self' blob: data:; style-src 'self'; script-src 'self'; "
-            "connect-src 'self'")
+            f"connect-src 'self'; base-uri 'none'; {FRAME_ANCESTORS}")
 
 
 def demo_router() -> APIRouter:

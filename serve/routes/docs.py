@@ -6,10 +6,15 @@ demo page, the favicon) are the package data in serve/static/, mounted at /stati
 reference nothing outside the server (tests/test_docs_offline.py), so /docs works offline, and
 their Content-Security-Policy keeps the browser on this server: ReDoc's bundle would otherwise
 fetch the Redocly logo from cdn.redoc.ly (tests/test_demo_page.py blocks and counts such requests).
+Every page's policy also forbids framing it (``frame-ancestors 'none'``); the OAuth2 redirect
+page's one inline script is allowed by its hash, nothing else runs there.
 """
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import re
 from collections.abc import Sequence
 from importlib.resources import files
 from pathlib import Path
@@ -22,6 +27,8 @@ from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 
+from osr.serve.security_headers import FRAME_ANCESTORS
+
 STATIC_URL = "/static"
 VENDOR_URL = "/static/vendor"
 FAVICON = "favicon.svg"
@@ -29,7 +36,16 @@ OAUTH2_REDIRECT_URL = "/docs/oauth2-redirect"
 # Swagger UI starts from an inline script and uses data: images; ReDoc injects styles and runs a
 # blob: web worker. Nothing may come from another origin.
 DOCS_CSP = ("default-src 'self'; script-src 'self' 'unsafe-inline'; style-src 'self' 'unsafe-inline'; "
-            "img-src 'self' data: blob:; font-src 'self' data:; worker-src 'self' blob:; connect-src 'self'")
+            "img-src 'self' data: blob:; font-src 'self' data:; worker-src 'self' blob:; connect-src 'self'; "
+            f"base-uri 'none'; {FRAME_ANCESTORS}")
+
+
+def inline_scripts_csp(response: HTMLResponse) -> str:
+    """A policy for a page that runs only its own inline scripts, each allowed by its sha256."""
+    hashes = [base64.b64encode(hashlib.sha256(script.encode()).digest()).decode()
+              for script in re.findall(r"<script>(.*?)</script>", response.body.decode(), re.DOTALL)]
+    sources = " ".join(f"'sha256-{digest}'" for digest in hashes)
+    return f"default-src 'none'; script-src {sources}; base-uri 'none'; {FRAME_ANCESTORS}"
 
 
 def same_origin_only(response: HTMLResponse, policy: str = DOCS_CSP) -> HTMLResponse:
@@ -62,9 +78,12 @@ def docs_router(title: str, openapi_url: str) -> APIRouter:
             swagger_ui_parameters={"validatorUrl": None},
         ))
 
+    redirect_page = get_swagger_ui_oauth2_redirect_html()
+    redirect_csp = inline_scripts_csp(redirect_page)
+
     @router.get(OAUTH2_REDIRECT_URL)
     async def swagger_ui_redirect() -> HTMLResponse:
-        return get_swagger_ui_oauth2_redirect_html()
+        return same_origin_only(HTMLResponse(redirect_page.body), redirect_csp)
 
     @router.get("/redoc")
     async def redoc(request: Request) -> HTMLResponse:
