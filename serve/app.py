@@ -149,8 +149,9 @@ _CLASSIFY_BODY_DOC: dict[str, Any] = {
         "required": True,
         "content": {"multipart/form-data": {"schema": {
             "type": "object", "required": [FILES_FIELD],
+            # an empty part is no image (415): the schema says a file has at least one byte
             "properties": {FILES_FIELD: {"type": "array", "minItems": 1,
-                                         "items": {"type": "string", "format": "binary"}}},
+                                         "items": {"type": "string", "format": "binary", "minLength": 1}}},
         }}},
     }
 }

@@ -82,7 +82,7 @@ class ModelMetadata(BaseModel):
 
 
 class RequestInput(_Message):
-    name: str
+    name: str = Field(min_length=1)  # no tensor is named "": the schema says so (a 400 otherwise)
     shape: list[int]
     datatype: str
     parameters: dict[str, Any] | None = None

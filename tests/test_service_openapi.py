@@ -76,3 +76,33 @@ def test_metrics_is_documented_as_text(schema: dict) -> None:
 def test_classify_needs_at_least_one_file(schema: dict) -> None:
     body = schema["paths"]["/v1/classify"]["post"]["requestBody"]["content"]["multipart/form-data"]["schema"]
     assert body["properties"]["files"]["minItems"] == 1 and body["required"] == ["files"]
+
+
+def test_the_schema_forbids_what_the_service_refuses(schema: dict, tiny_model_repository: Path) -> None:
+    """Issue 20: schemathesis' positive-data check found an empty file part (415) and an OIP input
+    named "" (400) that the schema allowed. Both are now schema-invalid, and still refused."""
+    body = schema["paths"]["/v1/classify"]["post"]["requestBody"]["content"]["multipart/form-data"]["schema"]
+    assert body["properties"]["files"]["items"]["minLength"] == 1
+    assert schema["components"]["schemas"]["RequestInput"]["properties"]["name"]["minLength"] == 1
+    with TestClient(create_app(Settings(model_repository=tiny_model_repository))) as client:
+        while client.get("/readyz").status_code != 200:
+            pass
+        empty = client.post("/v1/classify", files=[("files", ("a.jpg", b"", "image/jpeg"))])
+        assert empty.status_code == 415 and empty.json()["detail"].endswith("a.jpg: empty file (0 bytes)")
+        unnamed = client.post("/v2/models/tiny/infer", json={"inputs": [
+            {"name": "", "shape": [1, 32, 32, 3], "datatype": "UINT8", "data": [0] * 3072}]})
+        assert unnamed.status_code == 400 and "inputs.0.name" in unnamed.json()["error"]
+
+
+def test_the_schemathesis_run_keeps_the_positive_data_check() -> None:
+    """--checks all includes positive_data_acceptance; the config only adds the two statuses that
+    depend on what the bytes are (not an image; another tensor than the model's), nothing else."""
+    import tomllib
+
+    config = tomllib.loads(CONFIG.read_text())
+    for operation in config["operations"]:
+        checks = operation["checks"]
+        assert set(checks) == {"positive_data_acceptance"}
+        extra = set(checks["positive_data_acceptance"]["expected-statuses"]) - {"2xx", "3xx", "401", "403", "404",
+                                                                                 "409", "429"}
+        assert extra in ({"415"}, {"400"}), extra
