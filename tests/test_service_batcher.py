@@ -58,36 +58,51 @@ def test_queued_requests_share_one_call_and_get_their_own_rows() -> None:
 
 
 def test_max_batch_is_respected_and_large_requests_take_turns() -> None:
+    """max_batch 8: a 20-image request goes in turns of 2 images, alternating with the others;
+    requests of up to max_batch images enter whole when there is room."""
     model = FakeModel()
-    batcher = DynamicBatcher(model.run, max_batch=4, max_wait_ms=200)
+    started, held = threading.Event(), threading.Event()
+
+    def run(images: np.ndarray) -> dict[str, np.ndarray]:
+        started.set()
+        held.wait(10)  # the first call holds the worker until every request is queued
+        return model.run(images)
+
+    batcher = DynamicBatcher(run, max_batch=8, max_wait_ms=0)
     try:
-        futures = [batcher.submit(images_with_ids(*range(100, 110)))]  # larger than max_batch: in chunks
-        futures += [batcher.submit(images_with_ids(i)) for i in range(3)]
+        first = batcher.submit(images_with_ids(99))
+        assert started.wait(10)
+        futures = [batcher.submit(images_with_ids(*range(100, 120)))]  # larger than max_batch: in turns
+        futures += [batcher.submit(images_with_ids(i, i)) for i in range(3)]
+        futures.append(batcher.submit(images_with_ids(*range(50, 58))))  # max_batch exactly: whole
+        held.set()
         results = [f.result(timeout=10) for f in futures]
+        first.result(timeout=10)
     finally:
         batcher.close()
-    assert model.calls == [4, 4, 4, 1]
-    assert [list(r["label"]) for r in results] == [list(range(100, 110)), [0], [1], [2]]
+    assert model.calls == [1, 8, 8] + [2] * 9
+    assert [list(r["label"]) for r in results] == [list(range(100, 120)), [0, 0], [1, 1], [2, 2],
+                                                   list(range(50, 58))]
 
 
-def test_a_small_request_waits_for_one_chunk_of_a_large_one_not_all_of_it() -> None:
-    """The head-of-line blocking of issue 20: a 1-image request behind a 40-image one."""
+def test_a_small_request_waits_for_one_turn_of_a_large_one_not_all_of_it() -> None:
+    """The head-of-line blocking of issue 20: a 1-image request behind a 160-image one."""
     model = FakeModel(delay_s=0.05)
-    batcher = DynamicBatcher(model.run, max_batch=4, max_wait_ms=0)
+    batcher = DynamicBatcher(model.run, max_batch=16, max_wait_ms=0)
     try:
-        large = batcher.submit(images_with_ids(*range(100, 140)))
-        time.sleep(0.02)  # the first chunk is running
+        large = batcher.submit(images_with_ids(*range(60, 220)))
+        time.sleep(0.02)  # the first turn is running
         small = batcher.submit(images_with_ids(7))
         assert list(small.result(timeout=10)["label"]) == [7]
         calls_before_small = len(model.calls)
         assert not large.done()  # most of it still to run
-        assert list(large.result(timeout=10)["label"]) == list(range(100, 140))
+        assert list(large.result(timeout=10)["label"]) == list(range(60, 220))
     finally:
         batcher.close()
-    # the chunk running when it came, the large request's next turn, then its own (shared) batch;
+    # the turn running when it came, then its own batch with the large request's next turn;
     # one more call may start before the check reads the count
-    assert calls_before_small <= 4, model.calls
-    assert sum(model.calls) == 41 and max(model.calls) <= 4
+    assert calls_before_small <= 3, model.calls
+    assert sum(model.calls) == 161 and max(model.calls) <= 5 and 5 in model.calls
 
 
 def test_a_cancelled_request_drops_its_remaining_chunks() -> None:
@@ -100,7 +115,7 @@ def test_a_cancelled_request_drops_its_remaining_chunks() -> None:
         assert list(batcher.submit(images_with_ids(5)).result(timeout=10)["label"]) == [5]
     finally:
         batcher.close()
-    assert sum(model.calls) <= 4 + 4 + 1  # at most the chunk running at the cancel, one more, and the next request
+    assert sum(model.calls) <= 3  # at most the turn running at the cancel, one more, and the next request
 
 
 def test_a_lone_request_waits_at_most_max_wait() -> None:
