@@ -7,6 +7,7 @@
 #
 #   bench/regime_search.sh [ARCH:WIDTH:IMAGES_PER_CLASS:EPOCHS ...]   # default: the settings below
 #   bench/regime_search.sh summary                                    # paired accuracy deltas so far
+#   bench/regime_search.sh tag ARCH:WIDTH:IMAGES_PER_CLASS:EPOCHS        # the group folder name of a setting
 #   e.g. SEEDS=0 bench/regime_search.sh classifier32:0.5:150:100      # screen one setting on seed 0
 #
 # The ablation grid in the regime found (issue 11): METHODS names the students, e.g.
@@ -21,11 +22,18 @@
 # teacher-ce-w<width>-n<images>-e<epochs>-seed<seed>/ and its students <method>-by-w<width>-n<images>-e<epochs>-seed<seed>/
 # (bench/collect_results.py gives students of different teachers rows of their own).
 # Methods: ce, ce-cutmix, kd-cutmix, ad-cutmix (r 0.75, learnable target raw: the released code's
-# choices), ad-cutmix-r0 (--smoothing-r 0), ad-cutmix-target-{mixed,lam,none} (--ad-learnable-target).
+# choices), ad-cutmix-r0 (--smoothing-r 0), ad-cutmix-target-{mixed,lam,none} (--ad-learnable-target);
+# teacher: only the teacher of the KD/AD students (bench/replication_grid.sh queues it as a job of its own).
+# Another data subset (issue 24): SUBSET_SEED=N adds --subset-seed N to the teacher and every student
+# (another draw of IMAGES_PER_CLASS images per class, same hold-out and test sets) and -subset<N> to the
+# tag, so each subset is a group of its own with its own teacher. A committed run that is retrained
+# (a teacher whose checkpoint is gone) keeps its committed metrics.json/log.jsonl; the new ones go beside
+# them as metrics.retrained.json/log.retrained.jsonl, with a line saying whether the final metrics agree.
 #
 # Runs: runs/regime/<tag>/{ce,ce-cutmix}-seed<seed>/, tag = <arch>-w<width>-n<images>-e<epochs>;
 # metrics.json + log.jsonl copied to $RESULTS/regime/<tag>/<run>-seed<seed>/.
-# Environment: PYTHON (python), OSR_DATA_ROOT (../shared/datasets), RESULTS (bench/results),
+# Environment: PYTHON (python), OSR_DATA_ROOT (../shared/datasets), RESULTS (bench/results), RUNS (runs),
+# SUBSET_SEED (unset), SUMMARY (1; 0 = no summary at the end),
 # SEEDS ("0 1 2"), FLAGS (extra osr-train flags, word-split; they become part of the tag), METHODS
 # ("ce ce-cutmix"; ONLY is its old name: run one method, so two runs can train at the same time in
 # two calls), TEACHER_WIDTH, TEACHER_SEED, TEACHER_PER_CLASS, TEACHER_EPOCHS. Test metrics are computed twice per
@@ -71,6 +79,7 @@ set -u
 PY=${PYTHON:-python}
 DATA=${OSR_DATA_ROOT:-../shared/datasets}
 RESULTS=${RESULTS:-bench/results}
+RUNS=${RUNS:-runs}
 SEEDS=${SEEDS:-0 1 2}
 METHODS=${METHODS:-${ONLY:-ce ce-cutmix}}
 TEACHER_WIDTH=${TEACHER_WIDTH:-0.5}; TEACHER_SEED=${TEACHER_SEED:-0}
@@ -99,13 +108,14 @@ method_flags() {  # METHOD TEACHER -> osr-train flags
     ad-cutmix-r0) echo --method ad --mix cutmix --smoothing-r 0 "${t[@]}" ;;
     ad-cutmix-target-mixed|ad-cutmix-target-lam|ad-cutmix-target-none)
       echo --method ad --mix cutmix --ad-learnable-target "${1##*-}" "${t[@]}" ;;
+    teacher) echo "" ;;
     *) echo "unknown method $1" >&2; return 1 ;;
   esac
 }
 
 run() {  # tag name seed flags...
   local tag=$1 name=$2 seed=$3; shift 3
-  local out="runs/regime/$tag/$name-seed$seed" kept="$RESULTS/regime/$tag/$name-seed$seed"
+  local out="$RUNS/regime/$tag/$name-seed$seed" kept="$RESULTS/regime/$tag/$name-seed$seed"
   if [ -z "${NEED_CHECKPOINT:-}" ] && finished "$kept/metrics.json"; then echo "done already (committed): $kept"; return 0; fi
   if finished "$out/metrics.json" && { [ -z "${NEED_CHECKPOINT:-}" ] || [ -f "$out/checkpoint.pt" ]; }; then
     echo "done already: $out"
@@ -119,39 +129,65 @@ run() {  # tag name seed flags...
       || { echo "FAILED $out (see $out.log)"; return 1; }
     echo "$(date +%T) done $out"
   fi
-  mkdir -p "$kept" && cp "$out/metrics.json" "$out/log.jsonl" "$kept/"
+  if finished "$kept/metrics.json" && ! cmp -s "$out/metrics.json" "$kept/metrics.json"; then
+    # a committed run trained again (its checkpoint was gone): the committed copy stays, the new one beside it
+    cp "$out/metrics.json" "$kept/metrics.retrained.json" && cp "$out/log.jsonl" "$kept/log.retrained.jsonl"
+    "$PY" - "$kept" <<'PYEOF'
+import json, sys
+k = sys.argv[1]
+old, new = (json.load(open(f"{k}/{n}"))["metrics"] for n in ("metrics.json", "metrics.retrained.json"))
+same = all(old[m] == new[m] for m in ("accuracy", "auroc"))
+print(f"retrained {k}: final accuracy / AUROC {new['accuracy']:.4f} / {new['auroc']:.4f}, committed "
+      f"{old['accuracy']:.4f} / {old['auroc']:.4f}: " + ("the same" if same else "WARNING: they differ (other weights)"))
+PYEOF
+  else
+    mkdir -p "$kept" && cp "$out/metrics.json" "$out/log.jsonl" "$kept/"
+  fi
+}
+
+tag_of() {  # SETTING -> the group folder name (FLAGS and SUBSET_SEED included)
+  local arch width per_class epochs tag
+  IFS=: read -r arch width per_class epochs <<< "$1"
+  tag="$arch-w$width-n$per_class-e$epochs"
+  # extra flags name their own folder: e.g. FLAGS="--randaugment false" -> ...-e100-randaugment-false
+  [ -n "${FLAGS:-}" ] && tag="$tag-$(echo "$FLAGS" | sed 's/^-*//; s/ \{1,\}-*/-/g' | tr -c 'A-Za-z0-9.\n-' '_')"
+  [ -n "${SUBSET_SEED:-}" ] && tag="$tag-subset$SUBSET_SEED"
+  echo "$tag"
 }
 
 if [ "${1:-}" = summary ]; then summary; exit 0; fi
+if [ "${1:-}" = tag ]; then tag_of "$2"; exit 0; fi
 SETTINGS=("$@"); [ $# -eq 0 ] && SETTINGS=("${DEFAULT_SETTINGS[@]}")
 for setting in "${SETTINGS[@]}"; do
   IFS=: read -r arch width per_class epochs <<< "$setting"
   [ -n "$epochs" ] || { echo "bad setting $setting: want ARCH:WIDTH:IMAGES_PER_CLASS:EPOCHS" >&2; exit 2; }
-  tag="$arch-w$width-n$per_class-e$epochs"
-  # extra flags name their own folder: e.g. FLAGS="--randaugment false" -> ...-e100-randaugment-false
-  [ -n "${FLAGS:-}" ] && tag="$tag-$(echo "$FLAGS" | sed 's/^-*//; s/ \{1,\}-*/-/g' | tr -c 'A-Za-z0-9.\n-' '_')"
+  tag=$(tag_of "$setting")
   S=(--arch "$arch" --width "$width" --max-train-per-class "$per_class" --epochs "$epochs"
      --eval-every $(( epochs / 2 > 0 ? epochs / 2 : 1 )))
+  sub=(); [ -n "${SUBSET_SEED:-}" ] && sub=(--subset-seed "$SUBSET_SEED")
+  S+=("${sub[@]}")
   t_per_class=${TEACHER_PER_CLASS:-$per_class}; t_epochs=${TEACHER_EPOCHS:-$epochs}
   t_name="teacher-ce-w$TEACHER_WIDTH"; by=""
   if [ "$t_per_class:$t_epochs" != "$per_class:$epochs" ]; then
     t_name="$t_name-n$t_per_class-e$t_epochs"; by="-by-w$TEACHER_WIDTH-n$t_per_class-e$t_epochs"
   fi
   T=(--arch "$arch" --width "$TEACHER_WIDTH" --epochs "$t_epochs" --eval-every $(( t_epochs / 2 > 0 ? t_epochs / 2 : 1 )))
-  [ "$t_per_class" != 0 ] && T+=(--max-train-per-class "$t_per_class")
-  teacher="runs/regime/$tag/$t_name-seed$TEACHER_SEED"
-  if [[ " $METHODS " == *" kd-"* || " $METHODS " == *" ad-"* ]]; then
-    mkdir -p "runs/regime/$tag"
+  [ "$t_per_class" != 0 ] && T+=(--max-train-per-class "$t_per_class" "${sub[@]}")
+  teacher="$RUNS/regime/$tag/$t_name-seed$TEACHER_SEED"
+  if [[ " $METHODS " == *" kd-"* || " $METHODS " == *" ad-"* || " $METHODS " == *" teacher "* ]]; then
+    mkdir -p "$RUNS/regime/$tag"
     ( flock 9; NEED_CHECKPOINT=1 run "$tag" "$t_name" "$TEACHER_SEED" "${T[@]}" --method ce ) \
-      9> "runs/regime/$tag/teacher.lock" || exit 1
+      9> "$RUNS/regime/$tag/teacher.lock" || exit 1
   fi
   for seed in $SEEDS; do
     for method in $METHODS; do
+      [ "$method" = teacher ] && continue
       flags=$(method_flags "$method" "$teacher") || exit 2
       name=$method; [[ $method == kd-* || $method == ad-* ]] && name="$method$by"
       # shellcheck disable=SC2086  # flags is a word list (no spaces inside the teacher path)
-      run "$tag" "$name" "$seed" "${S[@]}" $flags
+      run "$tag" "$name" "$seed" "${S[@]}" $flags || failed=1
     done
   done
 done
-summary
+[ "${SUMMARY:-1}" = 0 ] || summary
+exit "${failed:-0}"  # a failed run fails the call (after the others ran)

@@ -217,3 +217,32 @@ def test_a_run_on_another_budget_gets_its_own_row_and_leaves_the_pairs_alone(tmp
     assert [r["run"] for r in methods["CE (500/class, 60 ep) [classifier32 w0.25]"]] == ["teacher-seed0"]
     d = collect_results.paired_deltas(methods, "AD+CutMix [classifier32 w0.25]")
     assert [round(x, 4) for x in d["accuracy"]] == [0.02, 0.02]
+
+
+def test_pooled_rows_name_a_budget_other_than_the_usual_one(tmp_path: Path, monkeypatch) -> None:
+    """A group whose only CE run is a teacher on more images (the KD control's group before its students ran)
+    must not give that teacher the students' CE row when groups are pooled."""
+    ablation_table = load_ablation_table(monkeypatch)
+    for group in ("a", "b"):
+        for seed in (0, 1):
+            write_run(tmp_path, group, f"ce-seed{seed}", method="ce", mix="none", seed=seed, acc=0.7, auroc=0.6)
+    write_run(tmp_path, "solo", "teacher-seed0", method="ce", mix="none", seed=0, acc=0.83, auroc=0.74,
+              epoch=60, epochs=60, max_train_per_class=500)
+    groups = collect_results.collect(tmp_path)
+    assert list(groups["solo"]) == ["CE [classifier32 w0.25]"]  # alone in its group, it has the plain label
+    rows = ablation_table.pooled(groups)
+    assert sorted(rows) == ["CE (500/class, 60 ep) [classifier32 w0.25]", "CE [classifier32 w0.25]"]
+    assert len(rows["CE [classifier32 w0.25]"]) == 4
+
+
+def test_the_registered_family_finds_its_rows_in_the_committed_grid(monkeypatch) -> None:
+    """The labels of the replication family are those the committed grid's rows have (subset 0: P0-P3 have their
+    3 seeds; P4 has no KD control yet)."""
+    ablation_table = load_ablation_table(monkeypatch)
+    name = "resnet18-w0.25-n150-e200-randaugment-false-batch-size-32"
+    groups = {name: collect_results.collect(Path(__file__).parents[1] / "bench" / "results" / "regime")[name]}
+    res = ablation_table.family_tests(groups, ablation_table.replication_family())
+    assert [r["claim"].name for r in res] == ["P0a", "P0b", "P1", "P2", "P3", "P4"]
+    assert [r["pairs"] for r in res] == [3, 3, 3, 3, 3, 0]
+    assert res[2]["test"]["mean"] == pytest.approx(2.43, abs=0.005)  # mixed-target minus released AD, AUROC points
+    assert ablation_table.family_tests(groups, ablation_table.replication_family(), seen={name})[0]["pairs"] == 0
