@@ -69,6 +69,7 @@ _STORED_BYTES = {"1": 1, "L": 1, "P": 1, "I;16": 2, "I;16B": 2, "I;16L": 2, "I;1
 _DECODE_OVERHEAD_BYTES = 4 << 20  # the decoder's own buffers, the bands of the conversion
 
 _BAND_PIXELS = 1 << 20  # non-RGB images are converted this many pixels at a time
+_BAND_TEMPORARY_BYTES = 32 * _BAND_PIXELS  # at most 6 RGBA copies or 4 int64 arrays of one band
 _WHITE = (255, 255, 255, 255)
 _ALPHA_MODES = {"RGBA", "LA", "PA", "La", "RGBa"}
 _SIXTEEN_BIT_MODES = {"I;16", "I;16B", "I;16L", "I;16N", "I"}
@@ -234,12 +235,24 @@ def check_header(image: Image.Image, max_pixels: int) -> Image.Image:
 def decode_memory_bytes(image: Image.Image) -> int:
     """An upper bound of the memory ``decode_checked`` + ``resize_for_model`` take for this opened
     image: its pixels as Pillow stores them, their RGB copy unless already RGB, a byte a pixel for
-    the resize and the conversion's bands, the header's text and profiles, and 4 MiB.
-    (bench/perf_decode.py measured 3.9 bytes a pixel for RGB JPEG, 5.3 for palette PNG, 8.2 for RGBA.)"""
+    the resize, a band's temporaries for a conversion, what the decoder itself holds (libjpeg every DCT
+    coefficient of a progressive JPEG, 2 bytes a sample; libwebp its own frame and canvas), the
+    header's text and profiles, and 4 MiB. tests/test_decode.py checks it against the measured
+    peak for each format; bench/perf_decode.py measured 3.9 bytes a pixel for baseline RGB JPEG,
+    5.3 for palette PNG, 8.2 for RGBA PNG."""
     width, height = image.size
     per_pixel = _STORED_BYTES.get(image.mode, 4) + (0 if image.mode == "RGB" else 4) + 1
+    overhead = _DECODE_OVERHEAD_BYTES
+    if image.format in ("JPEG", "MPO") and image.info.get("progressive"):
+        factors = [(h, v) for _, h, v, _ in getattr(image, "layer", [])] or [(1, 1)] * len(image.getbands())
+        most = max(h for h, _ in factors) * max(v for _, v in factors)
+        per_pixel += 2 * sum(h * v for h, v in factors) / most
+    elif image.format == "WEBP":
+        per_pixel += 12
+    if image.mode != "RGB":  # a band's temporaries: RGBA copies for compositing, int64s for 16-bit scaling
+        overhead += _BAND_TEMPORARY_BYTES
     metadata = sum(len(value) for value in image.info.values() if isinstance(value, (str, bytes)))
-    return width * height * per_pixel + metadata + _DECODE_OVERHEAD_BYTES
+    return int(width * height * per_pixel) + metadata + overhead
 
 
 def _jpeg_scans(data: bytes) -> int:

@@ -293,6 +293,63 @@ def test_decode_and_resize_of_a_strip_cost_memory_of_the_output_not_of_the_upsca
     assert measured["peak_growth_mb"] < 48, measured
 
 
+_ESTIMATE_CHILD = """
+import ctypes, gc, json, sys
+from osr.images import decode_checked, decode_memory_bytes, open_checked, resize_for_model
+libc = ctypes.CDLL("libc.so.6")
+def status(key):
+    with open("/proc/self/status") as lines:
+        return next(int(line.split()[1]) * 1024 for line in lines if line.startswith(key))
+results = {}
+for path in sys.argv[1:]:
+    data = open(path, "rb").read()
+    image = open_checked(data)
+    estimate = decode_memory_bytes(image)
+    image.close()
+    gc.collect()
+    libc.malloc_trim(0)
+    with open("/proc/self/clear_refs", "w") as refs:
+        refs.write("5")  # VmHWM := VmRSS
+    base = status("VmRSS:")
+    resize_for_model(decode_checked(open_checked(data)), 224)
+    results[path] = {"estimate": estimate, "peak": status("VmHWM:") - base}
+print(json.dumps(results))
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="uses /proc")
+def test_decode_memory_estimate_bounds_the_measured_peak_for_every_format(tmp_path) -> None:
+    """serve/decode_gate.py budgets decodes by decode_memory_bytes: it must not undercount (a first
+    version counted 5 bytes a pixel for progressive JPEG, which takes 7-12, and for WebP, 16-17)."""
+    side = 3000
+    photo = Image.fromarray(_noise(250, 250)).resize((side, side), Image.BILINEAR)
+    grey16 = Image.fromarray((np.asarray(photo)[:, :, 0].astype(np.uint16) * 257))
+    palette = photo.convert("P")
+    palette.info["transparency"] = 3
+    cases = {
+        "baseline.jpg": _encode(photo, "JPEG", quality=90),
+        "progressive_420.jpg": _encode(photo, "JPEG", quality=90, progressive=True),
+        "progressive_444.jpg": _encode(photo, "JPEG", quality=90, progressive=True, subsampling=0),
+        "cmyk_progressive.jpg": _encode(photo.convert("CMYK"), "JPEG", quality=90, progressive=True),
+        "rgba.webp": _encode(photo.convert("RGBA"), "WEBP", quality=80),
+        "rgba.png": _encode(photo.convert("RGBA"), "PNG", compress_level=1),
+        "palette_alpha.png": _encode(palette, "PNG"),
+        "grey16.png": _encode(grey16, "PNG"),
+        "rgba.tif": _encode(photo.convert("RGBA"), "TIFF", compression="tiff_deflate"),
+        "photo.gif": _encode(palette, "GIF"),
+        "photo.bmp": _encode(photo, "BMP"),
+    }
+    for name, data in cases.items():
+        (tmp_path / name).write_bytes(data)
+    result = subprocess.run([sys.executable, "-c", _ESTIMATE_CHILD, *(str(tmp_path / name) for name in cases)],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    measured = json.loads(result.stdout)
+    for path, sizes in measured.items():
+        assert sizes["peak"] <= sizes["estimate"], (Path(path).name, sizes)
+        assert sizes["estimate"] <= 3 * sizes["peak"] + (16 << 20), (Path(path).name, sizes)  # and not absurd
+
+
 def test_issue_png_of_1_by_400000_pixels_is_refused_from_its_header() -> None:
     data = _png_header_only(1, 400_000)  # inside the pixel limit; one side longer than any JPEG or GIF
     with pytest.raises(DecodeError, match="65535") as info:
