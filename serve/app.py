@@ -330,6 +330,16 @@ def _decode_infer_request(
     return infer_request, images, chosen
 
 
+def _parse_memory_bytes(body: bytes, headers: Mapping[str, str]) -> int:
+    """What parsing an inference request allocates: about 9 bytes for each byte of JSON (Python
+    numbers, then the array; docs/security.md), while binary tensor data is used in place."""
+    try:
+        json_bytes = min(int(headers.get(oip.HEADER_LENGTH, len(body))), len(body))
+    except ValueError:
+        json_bytes = len(body)
+    return 10 * max(json_bytes, 0) + (4 << 20)
+
+
 _INFER_BODY_DOC: dict[str, Any] = {
     "requestBody": {
         "required": True,
@@ -397,10 +407,12 @@ def _v2_routers(state: ServiceState, guard: Callable[[Request], None]) -> list[A
             body = await oip.read_infer_body(request.stream(), request.headers, settings.max_body_bytes,
                                              settings.max_json_bytes)  # inflated as it streams in, bounded
             async with request_deadline(state):
-                # JSON parsing and tensor decoding are CPU work: off the event loop
-                infer_request, images, chosen = await run_in_threadpool(
-                    _decode_infer_request, body, request.headers, predictor.image_size, settings.max_json_bytes,
-                    settings.max_infer_images)
+                # JSON parsing and tensor decoding: CPU work and memory, off the event loop and
+                # through the decode gate like the uploads of /v1
+                assert state.gate is not None
+                infer_request, images, chosen = await state.gate.run(
+                    _parse_memory_bytes(body, request.headers), _decode_infer_request, body, request.headers,
+                    predictor.image_size, settings.max_json_bytes, settings.max_infer_images)
                 outputs = await batcher.infer(images, arrival)
         state.metrics.observe_request(outputs)
         content, header_length = await run_in_threadpool(

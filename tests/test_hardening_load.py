@@ -169,6 +169,25 @@ def test_uploads_beyond_the_decode_budget_wait_then_get_503_with_retry_after(
     assert f'osr_overloaded_total{{reason="decode_budget"}} {float(refused)}' in metrics
 
 
+def test_oip_requests_are_parsed_within_the_same_budget(tiny_model_repository: Path,
+                                                        slow_decode: list[float]) -> None:
+    """The JSON of an OIP request costs about 9 bytes of memory a byte once parsed: its parsing
+    waits for room in the decode budget like an upload does (here a 1-thread gate held by one)."""
+    settings = Settings(model_repository=tiny_model_repository, threads=1, decode_threads=1, decode_wait_s=0.1)
+
+    async def scenario(client, app):
+        held = asyncio.create_task(upload(client, png(64, 48)))
+        await asyncio.sleep(0.1)  # the upload holds the only decode thread for 0.3 s
+        waited = await client.post(INFER, json=infer_request(1))
+        assert (await held).status_code == 200
+        return waited, await client.post(INFER, json=infer_request(1))
+
+    waited, later = run_app(settings, scenario)
+    assert waited.status_code == 503 and "memory budget" in waited.json()["error"]
+    assert waited.headers["retry-after"] == str(OVERLOAD_RETRY_AFTER_S)
+    assert later.status_code == 200
+
+
 def test_a_request_past_its_deadline_gets_503_and_its_remaining_decodes_never_run(
         tiny_model_repository: Path, slow_decode: list[float]) -> None:
     settings = Settings(model_repository=tiny_model_repository, threads=1, request_timeout_s=0.5)
