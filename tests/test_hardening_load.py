@@ -19,6 +19,7 @@ import pytest
 from PIL import Image
 
 from osr.serve import app as app_module
+from osr.serve import memory
 from osr.serve.app import create_app
 from osr.serve.decode_gate import DecodeGate, Overloaded
 from osr.serve.http_layer import OVERLOAD_RETRY_AFTER_S
@@ -229,6 +230,46 @@ def test_an_oip_request_past_its_deadline_drops_its_remaining_batches(tiny_model
     assert response.status_code == 503, response.text
     assert response.json()["error"].startswith("the request did not finish within its deadline")
     assert len(calls) <= 5, calls  # 0.5 s of 0.2 s chunks, one running at the cut, not all 10
+
+
+_MEMORY_CHILD = """
+import io, sys
+from concurrent.futures import ThreadPoolExecutor
+from PIL import Image
+from osr.images import decode_to_pil, resize_for_model
+from osr.serve import memory
+def rss_mb():
+    with open("/proc/self/status") as lines:
+        return next(int(line.split()[1]) // 1024 for line in lines if line.startswith("VmRSS:"))
+fixed = sys.argv[1] == "fixed"
+if fixed:
+    memory.map_large_allocations()
+buffer = io.BytesIO()
+Image.new("RGBA", (4000, 4000), (1, 2, 3, 4)).save(buffer, "PNG")
+data = buffer.getvalue()
+base = rss_mb()
+def decode(_):
+    resize_for_model(decode_to_pil(data), 32)
+    if fixed:
+        memory.trim()
+with ThreadPoolExecutor(4) as pool:
+    for _ in range(3):
+        list(pool.map(decode, range(4)))
+print(rss_mb() - base)
+"""
+
+
+@pytest.mark.skipif(not memory._glibc(), reason="glibc's malloc settings")
+def test_memory_returns_to_the_os_after_a_burst_of_large_decodes() -> None:
+    """Issue 20: RSS stayed at 9.0 GB after a burst. Four threads decode 16 MP RGBA PNGs three
+    times over: with serve/memory.py's settings the process gives the memory back (without them
+    glibc kept about 250 MB of the 4 x 150 MB here)."""
+    import subprocess
+    import sys
+
+    grown = subprocess.run([sys.executable, "-c", _MEMORY_CHILD, "fixed"], capture_output=True, text=True,
+                           timeout=300, check=True).stdout
+    assert int(grown) < 48, grown
 
 
 # -- /v2 image cap --------------------------------------------------------------------------------
