@@ -61,7 +61,7 @@ EXACT_RESIZE_MAX_RATIO = 16
 # costs minutes of CPU. Encoders write about 10 (Pillow, libjpeg) and rarely more than 30.
 MAX_JPEG_SCANS = 100
 # ...and the cost of a scan grows with the image: each took about 0.5 ns a pixel here (a 40 MP
-# image with 100 scans took 2.2 s, with 10 scans 0.34 s; bench/hardening_load.py --scan-cost), so
+# image with 100 scans took 2.2 s, with 10 scans 0.34 s; bench/hardening_load.py, jpeg_scan_cost), so
 # scans x pixels is capped too: 16 scans at the default 40 MP, 100 scans up to 6.4 MP.
 MAX_JPEG_SCAN_PIXELS = 16 * DEFAULT_MAX_PIXELS
 # Pillow stores every mode not listed in 4 bytes a pixel

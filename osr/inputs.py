@@ -1,5 +1,6 @@
-"""The one way an input becomes a model-sized image, for every entry point: /v1/classify and the
-OIP-free paths of osr-serve, osr-score, and the Python API (``Model.classify``).
+"""The one way an input becomes a model-sized image, for every entry point that takes images:
+osr-serve's /v1/classify, osr-score, and the Python API (``Model.classify``). (/v2 takes tensors
+already resized; its limits are oip.py's.)
 
 Every kind of input goes through the same checks, in the same order, before anything costly:
 
