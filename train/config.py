@@ -95,6 +95,8 @@ class TrainConfig:
     channels_last: bool = _f(True, "channels_last memory format on CUDA")
     compile: bool = _f(False, "torch.compile the student's and teacher's training passes (CUDA hosts; the first "
                                  "steps of a run compile, so time later epochs)")
+    reference: bool = _f(True, "with --pretrained: after the last epoch, also measure frozen ImageNet features with no "
+                               "training on the same images (a linear head and kNN) and warn when this run is worse")
     eval_every: int = _f(0, "also evaluate on the test sets every N epochs (reporting only; each evaluation runs "
                             "over every test image, or --max-test-per-class of each class)",
                          shown="0: only after the last epoch")
@@ -143,7 +145,7 @@ class TrainConfig:
 
 
 # Where and how fast a run goes, not what it learns: resuming with other values is fine.
-_NOT_IN_DIGEST = ("out", "resume", "workers", "device", "data_root", "compile")
+_NOT_IN_DIGEST = ("out", "resume", "workers", "device", "data_root", "compile", "reference")
 
 # Fields added after runs were checkpointed, with the default that reproduces the older behaviour.
 _ADDED_LATER = {"ad_mixed_ce": 0.0, "ad_learnable_target": "raw", "pretrained": None, "input_size": None,

@@ -337,6 +337,16 @@ class Trainer:
             text += f" ({eval_seconds:.0f} s)"
         return text
 
+    def frozen_reference(self) -> dict:
+        """Frozen ImageNet features, no training, on this run's images (osr.export.probe): what fine-tuning must beat."""
+        from osr.export.probe import frozen_reference
+
+        d = self.data
+        print("osr-train: measuring the frozen-feature reference (the pretrained backbone, no training) on the same "
+              "images", flush=True)
+        return frozen_reference(self.cfg.to_dict(), self.model_args, d.image_size, d.train_x, d.train_y, d.calib_x,
+                                d.test_known_x, d.test_known_y, d.test_unknown_x, alpha=0.05)
+
     def fit(self, stop_after: int | None = None) -> dict:
         """Train to cfg.epochs (or stop after ``stop_after`` epochs of this call, to simulate a crash)."""
         cfg, done = self.cfg, 0
@@ -372,6 +382,10 @@ class Trainer:
                 dist.barrier()
             if stop_after is not None and done >= stop_after:
                 break
+        if self.main and self.epoch == cfg.epochs and cfg.pretrained and cfg.reference and "auroc" in self.metrics \
+                and "frozen_reference" not in self.metrics:
+            self.metrics["frozen_reference"] = self.frozen_reference()
+            self._write({"epoch": self.epoch, "frozen_reference": self.metrics["frozen_reference"]})
         warning = near_chance_warning(self.metrics, self.data.num_classes) if self.epoch == cfg.epochs else None
         if warning and self.main:
             print(f"osr-train: warning: {warning}", flush=True)
