@@ -6,12 +6,13 @@ concatenation and hands each request its rows. Inference therefore never blocks 
 and the model sees one call at a time (no oversubscribed CPU threads).
 
 Fairness: a batch takes at most ``max_batch`` images. A request with more is split into turns of
-``max_batch // 4`` images that alternate with the other requests: each batch takes at most one
+``max_batch // 8`` images that alternate with the other requests: each batch takes at most one
 turn of every waiting request, and a request that is not finished goes to the back of the line.
-A one-image request that arrives while a 1,000-image request runs then waits for the batch that
-is running and shares the next one with a single turn of it, instead of waiting for all of it
-(13-25 s before, issue 20), and the large request keeps most of its speed: batches of a quarter
-of max_batch cost about as much per image on a CPU. A request can be cancelled (``infer`` is
+A one-image request that arrives while a 1,000-image request runs then waits for the turn that
+is running and shares the next batch with one more turn, about 9 images' worth of inference at
+the default max_batch, instead of waiting for all of it (13-25 s before, issue 20). The large
+request keeps most of its speed: on a CPU a batch of 4 costs about as much per image as one of
+32 (bench/hardening_load.py measures both sides). A request can be cancelled (``infer`` is
 cancelled: its deadline passed): its chunks that have not run are dropped.
 
 With ``track_arrivals``, callers announce a request as soon as it arrives (``arrival()``, before
@@ -107,7 +108,7 @@ class DynamicBatcher:
         self.run_fn = run_fn
         self.max_batch = int(max_batch)
         self.max_wait_s = float(max_wait_ms) / 1000.0
-        self.turn = max(1, self.max_batch // 4)  # images per batch of a request larger than max_batch
+        self.turn = max(1, self.max_batch // 8)  # images per batch of a request larger than max_batch
         self.on_batch = on_batch
         self.track_arrivals = track_arrivals
         self._arriving = 0  # announced requests not yet submitted
