@@ -2,8 +2,9 @@
 
 Every upload of every request is decoded through one ``DecodeGate``:
 
-1. ``inspect``: its header is checked (osr.inputs.check_input) on one of the gate's threads,
-   which gives the memory its decode will take (osr.images.decode_memory_bytes);
+1. ``inspect``: its header is checked (osr.inputs.check_input) on one of the gate's header
+   threads (as many as decode threads, so header checks never queue behind long decodes), which
+   gives the memory its decode will take (osr.images.decode_memory_bytes);
 2. ``run``: it waits, first come first served, until that many bytes of the budget and one of
    the gate's threads are free, then decodes and resizes there; the bytes are returned when the
    decode ends, even when the request that asked for it has gone (its deadline passed).
@@ -59,6 +60,7 @@ class DecodeGate:
         self.trim_after_bytes = trim_after_bytes
         self.on_change = on_change
         self._executor = ThreadPoolExecutor(self.threads, thread_name_prefix="osr-decode")
+        self._inspector = ThreadPoolExecutor(self.threads, thread_name_prefix="osr-header")
         self._lock = Lock()
         self._reserved = 0
         self._running = 0
@@ -73,9 +75,9 @@ class DecodeGate:
         return len(self._waiters)
 
     async def inspect(self, fn: Callable[..., T], *args: Any) -> T:
-        """``fn(*args)`` on one of the gate's threads, without reserving memory (header checks:
-        Pillow holds at most a header's text, 64 MB, while it opens one)."""
-        return await asyncio.wrap_future(self._executor.submit(fn, *args))
+        """``fn(*args)`` on one of the gate's header threads, without reserving memory (header
+        checks: Pillow holds at most a header's text, 64 MB, while it opens one)."""
+        return await asyncio.wrap_future(self._inspector.submit(fn, *args))
 
     async def run(self, cost: int, fn: Callable[..., T], *args: Any) -> T:
         """``fn(*args)`` on one of the gate's threads once ``cost`` bytes are free; Overloaded
@@ -93,6 +95,7 @@ class DecodeGate:
 
     def close(self) -> None:
         self._executor.shutdown(wait=False, cancel_futures=True)
+        self._inspector.shutdown(wait=False, cancel_futures=True)
 
     # -- the queue ----------------------------------------------------------------------------------
 
