@@ -4,7 +4,8 @@ Status codes for bad input (never a 5xx):
 - 401 missing or wrong API key (only when one is configured);
 - 408 request headers not complete within ``header_timeout_s``, or body within ``body_timeout_s``;
 - 413 body over ``max_body_bytes`` (Content-Length checked first, then counted while streaming),
-  more than ``max_files`` files, or an OIP JSON part / inflated body over its limit;
+  more than ``max_files`` files, more than ``max_infer_images`` images in one /v2 request, or an
+  OIP JSON part / inflated body over its limit;
 - 431 request line and headers over ``max_header_bytes``;
 - 415 /v1/classify where NO file is a usable image (the message lists each file's reason); when
   at least one file decodes, the others are rows with status "error" and the answer is 200;
