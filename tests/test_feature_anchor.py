@@ -47,3 +47,28 @@ def test_anchor_is_the_untrained_network_and_adds_its_term():
 def test_needs_pretrained():
     with pytest.raises(ValueError, match="--feature-anchor needs --pretrained"):
         feature_anchor(tiny_net(), TrainConfig(feature_anchor=1.0))
+
+
+def test_freeze_bn_keeps_the_running_statistics_while_the_rest_learns():
+    from osr.train.finetune import freeze_batchnorm
+
+    model = tiny_net().train()
+    before = model[2].running_mean.clone()
+    freeze_batchnorm(model)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    x, y = torch.randn(8, 3, 2, 2) * 3 + 1, torch.randint(0, 3, (8,))
+    nn.functional.cross_entropy(model(x), y).backward()
+    opt.step()
+    assert torch.equal(model[2].running_mean, before)  # eval mode: no update from the batch
+    assert model[1].training and not model[2].training
+
+
+def test_anchor_with_frozen_bn_matches_the_student_at_the_start():
+    cfg = TrainConfig(pretrained="imagenet", feature_anchor=1.0, freeze_bn=True)
+    model = tiny_net().train()
+    anchor = feature_anchor(model, cfg)
+    from osr.train.finetune import freeze_batchnorm
+
+    freeze_batchnorm(model)
+    _, stats = Step(cfg, num_classes=3, anchor=anchor)(model, torch.randn(8, 3, 2, 2), torch.randint(0, 3, (8,)), False)
+    assert stats["loss_anchor"].item() == pytest.approx(0.0, abs=1e-6)

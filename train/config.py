@@ -54,6 +54,8 @@ class TrainConfig:
                                  "data, imagenet, half (0.5/0.5)", INPUT_NORMS)
     backbone_lr_mult: float = _f(0.1, "with --pretrained: learning rate of the pretrained layers relative to the new head")
     freeze_backbone_epochs: float = _f(0.0, "with --pretrained: train only the new head for this many epochs first")
+    freeze_bn: bool = _f(False, "with --pretrained: keep BatchNorm's running statistics at the pretrained values "
+                                "(BatchNorm in eval mode while training; its scale and shift still learn)")
     feature_anchor: float = _f(0.0, "with --pretrained: weight of a term keeping the penultimate features near the "
                                     "frozen pretrained network's (1 - cosine) on the images the student sees")
     # method
@@ -150,6 +152,7 @@ _NOT_IN_DIGEST = ("out", "resume", "workers", "device", "data_root", "compile", 
 # Fields added after runs were checkpointed, with the default that reproduces the older behaviour.
 _ADDED_LATER = {"ad_mixed_ce": 0.0, "ad_learnable_target": "raw", "pretrained": None, "input_size": None,
                 "input_norm": "auto", "backbone_lr_mult": 0.1, "freeze_backbone_epochs": 0.0, "feature_anchor": 0.0,
+                "freeze_bn": False,
                 "skip_bad_images": False, "subset_seed": None}
 
 

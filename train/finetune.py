@@ -86,10 +86,20 @@ def feature_anchor(model: nn.Module, cfg: TrainConfig) -> FeatureAnchor | None:
     anchor.set_submodule(name, nn.Identity())
     for p in anchor.parameters():
         p.requires_grad_(False)
-    # BatchNorm on batch statistics, as in the training student (ImageNet's running statistics would
-    # make the target differ from the student's features before any step); momentum 0 keeps them.
-    for m in anchor.modules():
-        if isinstance(m, nn.modules.batchnorm._BatchNorm):
-            m.train()
-            m.momentum = 0.0
+    if not cfg.freeze_bn:
+        # BatchNorm on batch statistics, as in the training student (the running statistics would make
+        # the target differ from the student's features before any step); momentum 0 keeps them.
+        for m in anchor.modules():
+            if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                m.train()
+                m.momentum = 0.0
     return FeatureAnchor(anchor, model.get_submodule(name), cfg.feature_anchor)
+
+
+def freeze_batchnorm(model: nn.Module) -> None:
+    """``--freeze-bn``: BatchNorm layers to eval mode (call after ``model.train()``). Re-estimating their
+    statistics on a few hundred images per class alone costs the pretrained features most of their
+    novelty signal (docs/results.md, "open-set quality on small data")."""
+    for m in model.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            m.eval()

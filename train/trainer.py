@@ -27,7 +27,7 @@ from .augment import DeviceBatches, train_transform
 from .checkpoint import SCHEMA, CheckpointError, atomic_torch_save, git_commit, load_checkpoint, model_from_checkpoint
 from .config import TrainConfig
 from .data import OpenSetData, load_open_set
-from .finetune import apply_pretrained, feature_anchor, group_schedules, input_adapter_args, param_groups
+from .finetune import apply_pretrained, feature_anchor, freeze_batchnorm, group_schedules, input_adapter_args, param_groups
 from .metrics import SCORES, auroc, known_score, near_chance_warning, open_set_metrics
 from .models import build_model
 from .steps import EpochTerms, Step
@@ -295,6 +295,8 @@ class Trainer:
         seed_everything(cfg.seed * 100_003 + self.epoch * 1_009 + self.rank)
         self.sampler.set_epoch(self.epoch)
         self.net.train()
+        if cfg.freeze_bn:
+            freeze_batchnorm(self.model)
         total, n, mixed_steps, t0 = 0.0, 0, 0, time.perf_counter()
         terms = EpochTerms()
         bar = tqdm(self.loader, total=self.steps_per_epoch, desc=f"epoch {self.epoch + 1}/{cfg.epochs}", disable=not self.progress,
