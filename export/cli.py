@@ -69,10 +69,11 @@ def build_parser() -> argparse.ArgumentParser:
         default="max_logit",
         help="known-ness score the threshold applies to (default: max_logit); knn: cosine similarity of the "
         "head's input features to the k-th nearest of a bank of training features carried in the graph "
-        "(Sun et al. 2022); auto: the score (and kNN k) with the best held-out-class AUROC on half of the held-out "
+        "(Sun et al. 2022); fused: max-logit and kNN, each standardised on half of the held-out known images, summed "
+        "(the threshold set on the other half); auto: the score (and kNN k) with the best held-out-class AUROC on half of the held-out "
         "known images, the threshold set on the other half (no test image used; the guarantee stays exact)",
     )
-    parser.add_argument("--knn-k", type=int, help=f"--score knn: k (default {DEFAULT_K})")
+    parser.add_argument("--knn-k", type=int, help=f"--score knn or fused: k (default {DEFAULT_K})")
     parser.add_argument(
         "--knn-bank-per-class",
         type=int,
@@ -196,7 +197,7 @@ def _validate(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None
     knn_flags = (args.knn_k, args.knn_bank_per_class)
     if args.score == "auto" and args.knn_k is not None:
         parser.error("--score auto chooses --knn-k itself; leave --knn-k out")
-    if args.score not in ("knn", "auto") and knn_flags != (None, None):
+    if args.score not in ("knn", "fused", "auto") and knn_flags != (None, None):
         parser.error("--knn-k and --knn-bank-per-class apply to --score knn only (and --knn-bank-per-class to --score "
                      "auto)")
     if any(value is not None and value < 1 for value in knn_flags):

@@ -15,10 +15,10 @@ from torch import nn
 
 from osr.export.feature_bank import knn_similarity
 from osr.export.manifest import INPUT_NAME, OUTPUT_NAMES
-from osr.train.choices import KNN_DEFAULT_K
+from osr.train.choices import FEATURE_SCORES, KNN_DEFAULT_K
 
 LOGIT_SCORES: tuple[str, ...] = ("max_logit", "msp", "energy")
-SCORE_FUNCTIONS: tuple[str, ...] = LOGIT_SCORES + ("knn",)  # = osr.train.choices.EXPORT_SCORES
+SCORE_FUNCTIONS: tuple[str, ...] = LOGIT_SCORES + FEATURE_SCORES  # = osr.train.choices.EXPORT_SCORES
 OPSET = 18
 PARITY_TOLERANCE = 1e-4
 
@@ -48,7 +48,9 @@ class OsrGraph(nn.Module):
     score_function "knn" needs the model cut at its classifier head (osr.export.feature_bank.split_head):
     ``model`` is then the body (images -> features) and ``head`` the features -> logits layer; the
     score is the features' cosine similarity to their ``knn_k``-th nearest row of ``feature_bank``
-    (unit rows, stored as float16). The other score functions read the logits.
+    (unit rows, stored as float16). "fused" is cut the same way; its score is
+    (max logit - m1) / s1 + (kNN similarity - m2) / s2 with ``fusion`` = (m1, s1, m2, s2), the two
+    parts' means and standard deviations on held-out known images. The others read the logits.
     """
 
     def __init__(
@@ -63,6 +65,7 @@ class OsrGraph(nn.Module):
         head: nn.Module | None = None,
         feature_bank: np.ndarray | None = None,
         knn_k: int = KNN_DEFAULT_K,
+        fusion: Sequence[float] | None = None,
     ) -> None:
         super().__init__()
         if score_function not in SCORE_FUNCTIONS:
@@ -80,9 +83,16 @@ class OsrGraph(nn.Module):
         self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1))
         self.register_buffer("class_thresholds", torch.from_numpy(thresholds))
         self.register_buffer("calibration_scores", torch.from_numpy(calibration))
-        if (score_function == "knn") != (head is not None):
-            raise ValueError("score function knn needs the model split at its head (model = body, head = ...), "
-                             "and only knn takes a head")
+        if (score_function in FEATURE_SCORES) != (head is not None):
+            raise ValueError(f"score function {score_function} needs the model split at its head (model = body, "
+                             f"head = ...) exactly when it is one of {', '.join(FEATURE_SCORES)}")
+        if (score_function == "fused") != (fusion is not None):
+            raise ValueError("score function fused needs fusion = (m1, s1, m2, s2), and only fused takes it")
+        if fusion is not None:
+            m1, s1, m2, s2 = (float(v) for v in fusion)
+            if not (s1 > 0 and s2 > 0):
+                raise ValueError(f"fusion scales must be positive, got {s1} and {s2}")
+            self.register_buffer("fusion", torch.tensor([m1, s1, m2, s2], dtype=torch.float32))
         if head is not None:
             if feature_bank is None or len(feature_bank) == 0:
                 raise ValueError("score function knn needs a feature bank (osr.export.feature_bank.build_bank)")
@@ -105,6 +115,9 @@ class OsrGraph(nn.Module):
             features = self.model(x)
             logits = self.head(features)
             score = knn_similarity(features, self.feature_bank, self.knn_k)
+            if self.score_function == "fused":
+                f = self.fusion
+                score = (logits.max(dim=1).values - f[0]) / f[1] + (score - f[2]) / f[3]
         predicted = logits.argmax(dim=1)
         unknown = score < self.class_thresholds[predicted]
         label = torch.where(unknown, torch.full_like(predicted, -1), predicted)

@@ -41,7 +41,7 @@ from osr.export.repository import (
     version_writer,
     write_model_configs,
 )
-from osr.train.choices import KNN_DEFAULT_BANK_PER_CLASS, KNN_DEFAULT_K
+from osr.train.choices import FEATURE_SCORES, KNN_DEFAULT_BANK_PER_CLASS, KNN_DEFAULT_K
 
 log = logging.getLogger(__name__)
 
@@ -79,6 +79,7 @@ class ExportOptions:
     per_class: bool = False
     score_function: str = "max_logit"  # or "auto": chosen on held-out known images (select_score)
     auto_score: bool = False  # score_function was chosen by --score auto (the rebuild command says auto)
+    fusion: tuple[float, float, float, float] | None = None  # fused: set by select_score on the selection part
     knn_k: int = KNN_DEFAULT_K
     knn_bank_per_class: int = KNN_DEFAULT_BANK_PER_CLASS
     int8: bool = False
@@ -134,7 +135,7 @@ def config_digest(config: dict) -> str:
 def score_parts(model: nn.Module, inputs: ExportInputs, options: ExportOptions) -> dict[str, Any]:
     """OsrGraph's score arguments: the score function, and for knn the model cut at its head and
     the feature bank of the training images (features computed exactly as the graph does)."""
-    if options.score_function != "knn":
+    if options.score_function not in FEATURE_SCORES:
         return {"model": model, "score_function": options.score_function}
     if inputs.train_x is None or inputs.train_y is None:
         raise ValueError("--score knn needs the run's training images for its feature bank")
@@ -142,7 +143,13 @@ def score_parts(model: nn.Module, inputs: ExportInputs, options: ExportOptions) 
     log.info("building the kNN feature bank (up to %d training images per class)", options.knn_bank_per_class)
     bank = build_bank(features_of, inputs.train_x, inputs.train_y, options.knn_bank_per_class)
     log.info("kNN bank: %d x %d float16 features, %.1f MB inside model.onnx", *bank.shape, bank.nbytes / 1e6)
-    return {"model": body, "score_function": "knn", "head": head, "feature_bank": bank, "knn_k": options.knn_k}
+    parts = {"model": body, "score_function": options.score_function, "head": head, "feature_bank": bank,
+             "knn_k": options.knn_k}
+    if options.score_function == "fused":
+        if options.fusion is None:
+            raise ValueError("--score fused needs its fusion statistics (select_score computes them)")
+        parts["fusion"] = tuple(options.fusion)
+    return parts
 
 
 def feature_extractor(model: nn.Module, inputs: ExportInputs):
@@ -158,8 +165,8 @@ def select_score(model: nn.Module, inputs: ExportInputs, options: ExportOptions
                  ) -> tuple[ExportInputs, ExportOptions, dict]:
     """--score auto: choose the score on a selection part of the held-out known images
     (osr.export.score_selection); the inputs keep only the calibration part for the threshold."""
-    from osr.export.feature_bank import pick_per_class
-    from osr.export.score_selection import choose_score
+    from osr.export.feature_bank import knn_similarity, pick_per_class
+    from osr.export.score_selection import choose_score, fusion_stats, split_selection
 
     if inputs.train_x is None or inputs.train_y is None:
         raise ValueError("--score auto needs the run's training images (the kNN candidates' bank)")
@@ -170,29 +177,48 @@ def select_score(model: nn.Module, inputs: ExportInputs, options: ExportOptions
                                for i in range(0, len(images), 256)])
 
     picked = pick_per_class(np.asarray(inputs.train_y), options.knn_bank_per_class)
-    log.info("--score auto: held-out-class estimates on half of the %d held-out known images", len(inputs.calib_x))
-    selection = choose_score(features(inputs.train_x[picked]), np.asarray(inputs.train_y)[picked],
-                             features(inputs.calib_x), np.asarray(inputs.calib_y))
-    record = selection.to_record(list(inputs.classes))
-    log.info("--score auto chose %s (held-out-class AUROC %.3f; %s); the threshold uses the other %d images",
-             selection.name, selection.estimates[selection.name],
-             ", ".join(f"{k} {v:.3f}" for k, v in sorted(selection.estimates.items(), key=lambda kv: -kv[1])[1:4]),
-             len(selection.calibration_indices))
-    keep = selection.calibration_indices
+    train_f, held_f = features(inputs.train_x[picked]), features(inputs.calib_x)
+    if options.score_function == "fused":  # the score is given: only its statistics come from the selection part
+        select, keep = split_selection(np.asarray(inputs.calib_y))
+        k, chosen = options.knn_k, "fused"
+        record = {"method": "fused score's statistics on a selection part of the held-out known images",
+                  "chosen": f"fused{k}", "n_selection": int(len(select)), "n_calibration": int(len(keep))}
+    else:
+        log.info("--score auto: held-out-class estimates on half of the %d held-out known images", len(inputs.calib_x))
+        selection = choose_score(train_f, np.asarray(inputs.train_y)[picked], held_f, np.asarray(inputs.calib_y))
+        record = selection.to_record(list(inputs.classes))
+        log.info("--score auto chose %s (held-out-class AUROC %.3f; %s); the threshold uses the other %d images",
+                 selection.name, selection.estimates[selection.name],
+                 ", ".join(f"{k} {v:.3f}" for k, v in sorted(selection.estimates.items(), key=lambda kv: -kv[1])[1:4]),
+                 len(selection.calibration_indices))
+        select, keep = selection.selection_indices, selection.calibration_indices
+        k, chosen = selection.knn_k or options.knn_k, selection.score_function
+    fusion = None
+    if chosen == "fused":
+        _, head, _ = feature_extractor(model, inputs)
+        bank = nn.functional.normalize(torch.from_numpy(train_f).float(), dim=1)
+        sel = torch.from_numpy(held_f[select]).float()
+        fusion = fusion_stats(head(sel).max(dim=1).values.numpy(), knn_similarity(sel, bank, k).numpy())
+        record["fusion"] = list(fusion)
     inputs = replace(inputs, calib_x=inputs.calib_x[keep], calib_y=np.asarray(inputs.calib_y)[keep])
-    options = replace(options, score_function=selection.score_function, knn_k=selection.knn_k or options.knn_k,
-                      auto_score=True)
+    options = replace(options, score_function=chosen, knn_k=k, fusion=fusion,
+                      auto_score=options.score_function == "auto")
     return inputs, options, record
 
 
 def knn_record(parts: dict[str, Any], options: ExportOptions) -> dict:
     """The manifest's "knn" entry (empty for the logit scores)."""
-    if parts["score_function"] != "knn":
+    if parts["score_function"] not in FEATURE_SCORES:
         return {}
     bank = parts["feature_bank"]
-    return {"knn": {"k": int(parts["knn_k"]), "bank_size": int(bank.shape[0]), "feature_dim": int(bank.shape[1]),
-                    "bank_per_class": int(options.knn_bank_per_class), "bank_dtype": str(bank.dtype),
-                    "bank_source": "training images of the run, drawn per class with seed 0"}}
+    record = {"knn": {"k": int(parts["knn_k"]), "bank_size": int(bank.shape[0]), "feature_dim": int(bank.shape[1]),
+                      "bank_per_class": int(options.knn_bank_per_class), "bank_dtype": str(bank.dtype),
+                      "bank_source": "training images of the run, drawn per class with seed 0"}}
+    if "fusion" in parts:
+        m1, s1, m2, s2 = parts["fusion"]
+        record["fusion"] = {"max_logit_mean": m1, "max_logit_std": s1, "knn_mean": m2, "knn_std": s2,
+                            "from": "the selection part of the held-out known images"}
+    return record
 
 
 def calibration_scores(inputs: ExportInputs, parts: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
@@ -276,7 +302,7 @@ def preflight(classes: list[str], image_size: int, options: ExportOptions, versi
     if options.score_function == "auto" and len(classes) < 3:
         raise ValueError(f"--score auto holds each known class out in turn and needs at least 3 classes; "
                          f"this model has {len(classes)}: pick --score yourself")
-    if options.score_function == "knn" and options.knn_k > options.knn_bank_per_class * len(classes):
+    if options.score_function in FEATURE_SCORES and options.knn_k > options.knn_bank_per_class * len(classes):
         raise ValueError(f"--knn-k {options.knn_k} is larger than the feature bank can be "
                          f"({options.knn_bank_per_class} images per class x {len(classes)} classes): "
                          "lower --knn-k or raise --knn-bank-per-class")
@@ -319,7 +345,7 @@ def export_to_repository(inputs: ExportInputs, options: ExportOptions) -> Export
     model = inputs.model.eval()
     num_classes = len(inputs.classes)
     selection: dict = {}
-    if options.score_function == "auto":
+    if options.score_function in ("auto", "fused"):
         inputs, options, record = select_score(model, inputs, options)
         selection = {"score_selection": record}
     parts = score_parts(model, inputs, options)
@@ -446,10 +472,14 @@ SCORE_NOTES = {
 
 def score_note(options: ExportOptions) -> str:
     """One phrase saying what the exported score is."""
+    knn = (f"cosine similarity of the classifier head's input features to their {_ordinal(options.knn_k)} nearest "
+           f"training feature (a float16 bank of up to {options.knn_bank_per_class} training images per class "
+           "inside the graph; Sun et al. 2022)")
     if options.score_function == "knn":
-        return (f"cosine similarity of the classifier head's input features to their {_ordinal(options.knn_k)} nearest "
-                f"training feature (a float16 bank of up to {options.knn_bank_per_class} training images per class "
-                "inside the graph; Sun et al. 2022); higher = more known")
+        return knn + "; higher = more known"
+    if options.score_function == "fused":
+        return ("the largest logit and the " + knn + ", each standardised with its mean and standard deviation on "
+                "held-out known images the threshold never saw, summed; higher = more known")
     return SCORE_NOTES[options.score_function]
 
 
@@ -475,7 +505,7 @@ def export_command(provenance: dict, options: ExportOptions) -> str:
         words += ["--score", "auto", "--knn-bank-per-class", str(options.knn_bank_per_class)]
     elif options.score_function != "max_logit":
         words += ["--score", options.score_function]
-    if options.score_function == "knn" and not options.auto_score:
+    if options.score_function in FEATURE_SCORES and not options.auto_score:
         words += ["--knn-k", str(options.knn_k), "--knn-bank-per-class", str(options.knn_bank_per_class)]
     flags = {"--int8": options.int8, "--tensorrt": options.tensorrt, "--tensorrt-fp16": options.tensorrt_fp16,
              "--tensorrt-accelerator": options.tensorrt_accelerator}

@@ -7,7 +7,8 @@ an image the choice saw, so split conformal's guarantee stays exact (P(reject a 
 Choosing a score needs unknown images, and a user usually has none. So each known class is held
 out in turn and plays the unknown: the kNN bank (training features) leaves it out, a linear head
 refit on the other classes' training features stands in for the logit scores, and the AUROC of
-the other classes' selection images against the held-out class's is averaged over classes. All
+the other classes' selection images against the held-out class's is averaged over classes. The fused
+candidates add the standardised max-logit and kNN similarity (statistics of the fold's known images). All
 candidates are scored on the same features (the trained model's head input), so the estimate
 compares score functions, not networks. It is an estimate: a held-out class was in the features'
 training, which makes it easier to reject than a truly new class, for every candidate alike.
@@ -23,6 +24,7 @@ from osr.train.metrics import auroc, known_score
 
 LOGIT_CANDIDATES: tuple[str, ...] = ("max_logit", "energy", "msp")
 KNN_K_CANDIDATES: tuple[int, ...] = (1, 5, 10, 20, 50)
+FUSED_K_CANDIDATES: tuple[int, ...] = (5, 20)
 SELECTION_FRACTION = 0.5  # of the held-out known images, per class
 
 
@@ -39,7 +41,7 @@ class Selection:
 
     @property
     def name(self) -> str:
-        return f"knn{self.knn_k}" if self.score_function == "knn" else self.score_function
+        return f"{self.score_function}{self.knn_k}" if self.knn_k is not None else self.score_function
 
     def to_record(self, classes: list[str]) -> dict:
         return {"method": "held-out-class estimate on a selection part of the held-out known images",
@@ -99,7 +101,22 @@ def held_out_class_estimates(train_f: np.ndarray, train_y: np.ndarray, select_f:
         for kind in LOGIT_CANDIDATES:
             s = known_score(logits, kind)
             per_class.setdefault(kind, []).append(auroc(s[known], s[novel]))
+        top = logits.max(1)
+        for k, s in _knn_scores(bank, select_f, [k for k in FUSED_K_CANDIDATES if k in usable]).items():
+            fused = fuse(top, s, fusion_stats(top[known], s[known]))
+            per_class.setdefault(f"fused{k}", []).append(auroc(fused[known], fused[novel]))
     return per_class
+
+
+def fusion_stats(max_logit: np.ndarray, knn: np.ndarray) -> tuple[float, float, float, float]:
+    """(m1, s1, m2, s2): the two parts' means and standard deviations on known images."""
+    return (float(np.mean(max_logit)), float(np.std(max_logit)) + 1e-6, float(np.mean(knn)), float(np.std(knn)) + 1e-6)
+
+
+def fuse(max_logit: np.ndarray, knn: np.ndarray, stats: tuple[float, float, float, float]) -> np.ndarray:
+    """The fused score, as the graph computes it (osr.export.graph.OsrGraph)."""
+    m1, s1, m2, s2 = stats
+    return (max_logit - m1) / s1 + (knn - m2) / s2
 
 
 def choose_score(train_f: np.ndarray, train_y: np.ndarray, held_f: np.ndarray, held_y: np.ndarray,
@@ -110,14 +127,28 @@ def choose_score(train_f: np.ndarray, train_y: np.ndarray, held_f: np.ndarray, h
                                          np.asarray(held_y)[select])
     estimates = {name: float(np.mean(v)) for name, v in per_class.items()}
     # ties go to the earlier candidate: the logit scores need no bank in the graph
-    order = list(LOGIT_CANDIDATES) + [f"knn{k}" for k in KNN_K_CANDIDATES]
+    order = list(LOGIT_CANDIDATES) + [f"knn{k}" for k in KNN_K_CANDIDATES] + [f"fused{k}" for k in FUSED_K_CANDIDATES]
     best = max((n for n in order if n in estimates), key=lambda n: estimates[n])
-    score, k = ("knn", int(best.removeprefix("knn"))) if best.startswith("knn") else (best, None)
+    score, k = parse_candidate(best)
     return Selection(score, k, estimates, select, calibrate, per_class)
 
 
+def parse_candidate(name: str) -> tuple[str, int | None]:
+    """"knn20" -> ("knn", 20), "fused5" -> ("fused", 5), "energy" -> ("energy", None)."""
+    for prefix in ("knn", "fused"):
+        if name.startswith(prefix):
+            return prefix, int(name.removeprefix(prefix))
+    return name, None
+
+
 def markdown(record: dict) -> str:
-    """The report's section on the choice."""
+    """The report's section on the choice (or, for --score fused, on where its statistics came from)."""
+    if "estimates" not in record:
+        return ("\n## The fused score's statistics\n\n"
+                f"The {record['n_selection'] + record['n_calibration']} held-out known images were split: "
+                f"{record['n_selection']} gave the means and standard deviations that standardise the max-logit and "
+                f"the kNN similarity, the other {record['n_calibration']} set the threshold (so the false-rejection "
+                "guarantee is exact).\n")
     rows = sorted(record["estimates"].items(), key=lambda kv: -kv[1])
     lines = ["", "## How the score was chosen (--score auto)", "",
              f"The {record['n_selection'] + record['n_calibration']} held-out known images were split: "

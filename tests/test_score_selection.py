@@ -70,3 +70,43 @@ def test_export_with_score_auto(tiny_export_inputs, tmp_path):
     rebuilt = export_command({"checkpoint": "runs/x/checkpoint.pt"}, ExportOptions(
         repository=tmp_path, name="auto", score_function=record["score_function"], auto_score=True))
     assert "--score auto" in rebuilt and "--knn-k" not in rebuilt
+
+
+def test_fused_graph_score_is_the_standardised_sum():
+    import torch
+    from torch import nn
+
+    from osr.export.feature_bank import knn_similarity
+    from osr.export.graph import OsrGraph
+    from osr.export.score_selection import fuse
+
+    torch.manual_seed(0)
+    body, head = nn.Sequential(nn.Flatten(), nn.Linear(12, 4)), nn.Linear(4, 3)
+    bank = nn.functional.normalize(torch.randn(9, 4), dim=1).half().numpy()
+    stats = (1.0, 2.0, 0.5, 0.25)
+    graph = OsrGraph(body, [0.5] * 3, [0.25] * 3, 3, 0.0, [0.0], score_function="fused", head=head,
+                     feature_bank=bank, knn_k=2, fusion=stats)
+    images = torch.randint(0, 256, (5, 2, 2, 3), dtype=torch.uint8)
+    logits, score, _, _ = graph(images)
+    features = body(graph.normalise(images))
+    expected = fuse(logits.max(1).values.detach().numpy(), knn_similarity(features, torch.from_numpy(bank), 2).detach().numpy(),
+                    stats)
+    assert np.allclose(score.detach().numpy(), expected, atol=1e-5)
+    with pytest.raises(ValueError, match="fused needs fusion"):
+        OsrGraph(body, [0.5] * 3, [0.25] * 3, 3, 0.0, [0.0], score_function="fused", head=head, feature_bank=bank)
+
+
+def test_export_with_score_fused(tiny_export_inputs, tmp_path):
+    inputs = tiny_export_inputs(n_calib=80)
+    rng = np.random.default_rng(2)
+    inputs.train_x = rng.integers(0, 256, (90, 32, 32, 3), dtype=np.uint8)
+    inputs.train_y = np.repeat(np.arange(3), 30)
+    inputs.calib_y = np.repeat(np.arange(3), [27, 27, 26])
+    options = ExportOptions(repository=tmp_path, name="fused", alpha=0.1, score_function="fused", knn_k=5,
+                            reference=False)
+    result = export_to_repository(inputs, options)
+    manifest = result.manifest
+    assert manifest["score_function"] == "fused" and manifest["knn"]["k"] == 5
+    assert manifest["threshold"]["n_calibration"] == manifest["score_selection"]["n_calibration"] == 39
+    assert set(manifest["fusion"]) >= {"max_logit_mean", "max_logit_std", "knn_mean", "knn_std"}
+    assert manifest["parity"]["max_abs_diff_score"] < 1e-3  # onnxruntime computes the same fused score

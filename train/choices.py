@@ -22,8 +22,10 @@ ARCHS: tuple[str, ...] = SCRATCH_ARCHS + PRETRAINED_ARCH_NAMES
 METHODS: tuple[str, ...] = ("ce", "kd", "ad")
 MIXES: tuple[str, ...] = ("none", "mixup", "cutmix")
 SCORES: tuple[str, ...] = ("max_logit", "msp", "energy")
-# osr-export --score: the logit scores, and kNN on the head's input features (osr.export.graph).
-EXPORT_SCORES: tuple[str, ...] = SCORES + ("knn",)
+# osr-export --score: the logit scores, kNN on the head's input features, and fused: the max-logit and
+# the kNN similarity, each standardised, summed (osr.export.graph).
+FEATURE_SCORES: tuple[str, ...] = ("knn", "fused")
+EXPORT_SCORES: tuple[str, ...] = SCORES + FEATURE_SCORES
 # --score knn defaults, chosen on held-out known images and training images of the unknown classes
 # of CIFAR-10 split 0 for the bundled model (docs/results.md): k, and training images per class in the bank.
 KNN_DEFAULT_K = 20
