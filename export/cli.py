@@ -80,6 +80,14 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"--score knn: training images per class in the graph's feature bank (default {DEFAULT_BANK_PER_CLASS}; "
         "the bank adds images x features x 2 bytes to model.onnx)",
     )
+    parser.add_argument(
+        "--knn-features",
+        choices=("model", "pretrained"),
+        default="model",
+        help="--score knn, fused or auto: whose features the kNN part reads: the trained model's (default), or the "
+        "frozen pretrained backbone the run was fine-tuned from, carried in the graph beside the model (about 2x the "
+        "compute and size; keeps the pretrained novelty signal that fine-tuning on little data loses)",
+    )
     parser.add_argument("--int8", action="store_true", help="also write a statically quantised <name>-int8 model")
     parser.add_argument(
         "--tensorrt", action="store_true", help="also build a TensorRT engine as <name>-trt (needs TensorRT and a GPU)"
@@ -195,6 +203,8 @@ def _validate(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None
     if args.max_batch_size < 1:
         parser.error("--max-batch-size must be >= 1")
     knn_flags = (args.knn_k, args.knn_bank_per_class)
+    if args.knn_features != "model" and args.score not in ("knn", "fused", "auto"):
+        parser.error("--knn-features applies to --score knn, fused or auto")
     if args.score == "auto" and args.knn_k is not None:
         parser.error("--score auto chooses --knn-k itself; leave --knn-k out")
     if args.score not in ("knn", "fused", "auto") and knn_flags != (None, None):
@@ -228,6 +238,7 @@ def run(args: argparse.Namespace) -> Path:
         score_function=args.score,
         knn_k=args.knn_k or DEFAULT_K,
         knn_bank_per_class=args.knn_bank_per_class or DEFAULT_BANK_PER_CLASS,
+        knn_features=args.knn_features,
         int8=args.int8,
         tensorrt=args.tensorrt,
         tensorrt_fp16=args.tensorrt_fp16,

@@ -50,7 +50,9 @@ class OsrGraph(nn.Module):
     score is the features' cosine similarity to their ``knn_k``-th nearest row of ``feature_bank``
     (unit rows, stored as float16). "fused" is cut the same way; its score is
     (max logit - m1) / s1 + (kNN similarity - m2) / s2 with ``fusion`` = (m1, s1, m2, s2), the two
-    parts' means and standard deviations on held-out known images. The others read the logits.
+    parts' means and standard deviations on held-out known images. With ``knn_body`` (e.g. the frozen
+    pretrained backbone the model was fine-tuned from) the kNN part reads that network's features
+    and ``feature_bank`` holds them. The others read the logits.
     """
 
     def __init__(
@@ -66,6 +68,7 @@ class OsrGraph(nn.Module):
         feature_bank: np.ndarray | None = None,
         knn_k: int = KNN_DEFAULT_K,
         fusion: Sequence[float] | None = None,
+        knn_body: nn.Module | None = None,
     ) -> None:
         super().__init__()
         if score_function not in SCORE_FUNCTIONS:
@@ -100,6 +103,8 @@ class OsrGraph(nn.Module):
                 raise ValueError(f"--knn-k {self.knn_k} is larger than the feature bank ({len(feature_bank)} training "
                                  "images: some classes have fewer than --knn-bank-per-class); lower --knn-k")
             self.register_buffer("feature_bank", torch.from_numpy(np.asarray(feature_bank, dtype=np.float16)))
+        # knn_body: the kNN score reads another network's features (the frozen pretrained backbone), not the body's
+        self.knn_body = knn_body.eval() if knn_body is not None else None
 
     def normalise(self, images: torch.Tensor) -> torch.Tensor:
         """uint8 NHWC -> the model's normalised float NCHW input."""
@@ -114,7 +119,8 @@ class OsrGraph(nn.Module):
         else:
             features = self.model(x)
             logits = self.head(features)
-            score = knn_similarity(features, self.feature_bank, self.knn_k)
+            knn_features = features if self.knn_body is None else self.knn_body(x)
+            score = knn_similarity(knn_features, self.feature_bank, self.knn_k)
             if self.score_function == "fused":
                 f = self.fusion
                 score = (logits.max(dim=1).values - f[0]) / f[1] + (score - f[2]) / f[3]

@@ -7,6 +7,7 @@ the test fixture share the same code path.
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import logging
@@ -80,6 +81,7 @@ class ExportOptions:
     score_function: str = "max_logit"  # or "auto": chosen on held-out known images (select_score)
     auto_score: bool = False  # score_function was chosen by --score auto (the rebuild command says auto)
     fusion: tuple[float, float, float, float] | None = None  # fused: set by select_score on the selection part
+    knn_features: str = "model"  # knn / fused: "model" (the trained network's) or "pretrained" (frozen_body)
     knn_k: int = KNN_DEFAULT_K
     knn_bank_per_class: int = KNN_DEFAULT_BANK_PER_CLASS
     int8: bool = False
@@ -140,11 +142,17 @@ def score_parts(model: nn.Module, inputs: ExportInputs, options: ExportOptions) 
     if inputs.train_x is None or inputs.train_y is None:
         raise ValueError("--score knn needs the run's training images for its feature bank")
     body, head, features_of = feature_extractor(model, inputs)
-    log.info("building the kNN feature bank (up to %d training images per class)", options.knn_bank_per_class)
+    knn_body = None
+    if options.knn_features == "pretrained":
+        knn_body = frozen_body(model, inputs)
+        probe = OsrGraph(model, inputs.mean, inputs.std, len(inputs.classes), 0.0, [0.0])
+        features_of = lambda batch: knn_body(probe.normalise(batch))  # noqa: E731
+    log.info("building the kNN feature bank (up to %d training images per class, %s features)",
+             options.knn_bank_per_class, options.knn_features)
     bank = build_bank(features_of, inputs.train_x, inputs.train_y, options.knn_bank_per_class)
     log.info("kNN bank: %d x %d float16 features, %.1f MB inside model.onnx", *bank.shape, bank.nbytes / 1e6)
     parts = {"model": body, "score_function": options.score_function, "head": head, "feature_bank": bank,
-             "knn_k": options.knn_k}
+             "knn_k": options.knn_k, "knn_body": knn_body}
     if options.score_function == "fused":
         if options.fusion is None:
             raise ValueError("--score fused needs its fusion statistics (select_score computes them)")
@@ -160,6 +168,23 @@ def feature_extractor(model: nn.Module, inputs: ExportInputs):
     return body, head, lambda batch: body(probe.normalise(batch))
 
 
+def frozen_body(model: nn.Module, inputs: ExportInputs) -> nn.Module:
+    """--knn-features pretrained: the network the run was fine-tuned from, with its pretrained weights
+    (same architecture and input adapter as ``model``), cut at its head."""
+    from osr.train.config import TrainConfig
+    from osr.train.finetune import apply_pretrained
+
+    config = dict(inputs.provenance.get("training_config") or {})
+    if not config.get("pretrained"):
+        raise ValueError("--knn-features pretrained needs a run fine-tuned from pretrained weights (--pretrained)")
+    known = set(TrainConfig.__dataclass_fields__)
+    cfg = TrainConfig(**{k: v for k, v in config.items() if k in known})
+    frozen = copy.deepcopy(model)
+    apply_pretrained(frozen, cfg)
+    body, _, _ = feature_extractor(frozen.eval(), inputs)
+    return body
+
+
 @torch.no_grad()
 def select_score(model: nn.Module, inputs: ExportInputs, options: ExportOptions
                  ) -> tuple[ExportInputs, ExportOptions, dict]:
@@ -170,14 +195,22 @@ def select_score(model: nn.Module, inputs: ExportInputs, options: ExportOptions
 
     if inputs.train_x is None or inputs.train_y is None:
         raise ValueError("--score auto needs the run's training images (the kNN candidates' bank)")
-    _, _, features_of = feature_extractor(model, inputs)
+    _, head, model_features_of = feature_extractor(model, inputs)
+    knn_features_of = model_features_of
+    if options.knn_features == "pretrained":
+        knn_of = frozen_body(model, inputs)
+        probe = OsrGraph(model, inputs.mean, inputs.std, len(inputs.classes), 0.0, [0.0])
+        knn_features_of = lambda batch: knn_of(probe.normalise(batch))  # noqa: E731
 
-    def features(images: np.ndarray) -> np.ndarray:
+    def features(images: np.ndarray, features_of) -> np.ndarray:
         return np.concatenate([features_of(torch.from_numpy(np.ascontiguousarray(images[i:i + 256]))).float().numpy()
                                for i in range(0, len(images), 256)])
 
     picked = pick_per_class(np.asarray(inputs.train_y), options.knn_bank_per_class)
-    train_f, held_f = features(inputs.train_x[picked]), features(inputs.calib_x)
+    train_f, held_f = features(inputs.train_x[picked], model_features_of), features(inputs.calib_x, model_features_of)
+    knn_train_f, knn_held_f = train_f, held_f
+    if options.knn_features == "pretrained":
+        knn_train_f, knn_held_f = features(inputs.train_x[picked], knn_features_of), features(inputs.calib_x, knn_features_of)
     if options.score_function == "fused":  # the score is given: only its statistics come from the selection part
         select, keep = split_selection(np.asarray(inputs.calib_y))
         k, chosen = options.knn_k, "fused"
@@ -185,7 +218,8 @@ def select_score(model: nn.Module, inputs: ExportInputs, options: ExportOptions
                   "chosen": f"fused{k}", "n_selection": int(len(select)), "n_calibration": int(len(keep))}
     else:
         log.info("--score auto: held-out-class estimates on half of the %d held-out known images", len(inputs.calib_x))
-        selection = choose_score(train_f, np.asarray(inputs.train_y)[picked], held_f, np.asarray(inputs.calib_y))
+        selection = choose_score(train_f, np.asarray(inputs.train_y)[picked], held_f, np.asarray(inputs.calib_y),
+                                 knn_train_f=knn_train_f, knn_held_f=knn_held_f)
         record = selection.to_record(list(inputs.classes))
         log.info("--score auto chose %s (held-out-class AUROC %.3f; %s); the threshold uses the other %d images",
                  selection.name, selection.estimates[selection.name],
@@ -195,10 +229,9 @@ def select_score(model: nn.Module, inputs: ExportInputs, options: ExportOptions
         k, chosen = selection.knn_k or options.knn_k, selection.score_function
     fusion = None
     if chosen == "fused":
-        _, head, _ = feature_extractor(model, inputs)
-        bank = nn.functional.normalize(torch.from_numpy(train_f).float(), dim=1)
-        sel = torch.from_numpy(held_f[select]).float()
-        fusion = fusion_stats(head(sel).max(dim=1).values.numpy(), knn_similarity(sel, bank, k).numpy())
+        bank = nn.functional.normalize(torch.from_numpy(knn_train_f).float(), dim=1)
+        top = head(torch.from_numpy(held_f[select]).float()).max(dim=1).values.numpy()
+        fusion = fusion_stats(top, knn_similarity(torch.from_numpy(knn_held_f[select]).float(), bank, k).numpy())
         record["fusion"] = list(fusion)
     inputs = replace(inputs, calib_x=inputs.calib_x[keep], calib_y=np.asarray(inputs.calib_y)[keep])
     options = replace(options, score_function=chosen, knn_k=k, fusion=fusion,
@@ -213,7 +246,8 @@ def knn_record(parts: dict[str, Any], options: ExportOptions) -> dict:
     bank = parts["feature_bank"]
     record = {"knn": {"k": int(parts["knn_k"]), "bank_size": int(bank.shape[0]), "feature_dim": int(bank.shape[1]),
                       "bank_per_class": int(options.knn_bank_per_class), "bank_dtype": str(bank.dtype),
-                      "bank_source": "training images of the run, drawn per class with seed 0"}}
+                      "bank_source": "training images of the run, drawn per class with seed 0",
+                      "features": options.knn_features}}
     if "fusion" in parts:
         m1, s1, m2, s2 = parts["fusion"]
         record["fusion"] = {"max_logit_mean": m1, "max_logit_std": s1, "knn_mean": m2, "knn_std": s2,
@@ -472,7 +506,9 @@ SCORE_NOTES = {
 
 def score_note(options: ExportOptions) -> str:
     """One phrase saying what the exported score is."""
-    knn = (f"cosine similarity of the classifier head's input features to their {_ordinal(options.knn_k)} nearest "
+    whose = ("the frozen pretrained backbone's features (the network before fine-tuning, carried in the graph)"
+             if options.knn_features == "pretrained" else "the classifier head's input features")
+    knn = (f"cosine similarity of {whose} to their {_ordinal(options.knn_k)} nearest "
            f"training feature (a float16 bank of up to {options.knn_bank_per_class} training images per class "
            "inside the graph; Sun et al. 2022)")
     if options.score_function == "knn":
@@ -507,6 +543,8 @@ def export_command(provenance: dict, options: ExportOptions) -> str:
         words += ["--score", options.score_function]
     if options.score_function in FEATURE_SCORES and not options.auto_score:
         words += ["--knn-k", str(options.knn_k), "--knn-bank-per-class", str(options.knn_bank_per_class)]
+    if options.knn_features != "model":
+        words += ["--knn-features", options.knn_features]
     flags = {"--int8": options.int8, "--tensorrt": options.tensorrt, "--tensorrt-fp16": options.tensorrt_fp16,
              "--tensorrt-accelerator": options.tensorrt_accelerator}
     words += [flag for flag, on in flags.items() if on]

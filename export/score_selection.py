@@ -77,8 +77,12 @@ def _knn_scores(bank: np.ndarray, features: np.ndarray, ks: list[int]) -> dict[i
 
 
 def held_out_class_estimates(train_f: np.ndarray, train_y: np.ndarray, select_f: np.ndarray, select_y: np.ndarray,
-                             ks: tuple[int, ...] = KNN_K_CANDIDATES) -> dict[str, list[float]]:
-    """candidate -> AUROC per held-out class (other classes' selection images = known, the held-out class's = unknown)."""
+                             ks: tuple[int, ...] = KNN_K_CANDIDATES, knn_train_f: np.ndarray | None = None,
+                             knn_select_f: np.ndarray | None = None) -> dict[str, list[float]]:
+    """candidate -> AUROC per held-out class (other classes' selection images = known, the held-out class's = unknown).
+    ``knn_train_f``/``knn_select_f``: the kNN part's features when they come from another network."""
+    knn_train_f = train_f if knn_train_f is None else knn_train_f
+    knn_select_f = select_f if knn_select_f is None else knn_select_f
     from sklearn.linear_model import LogisticRegression
 
     classes = np.unique(train_y)
@@ -89,9 +93,9 @@ def held_out_class_estimates(train_f: np.ndarray, train_y: np.ndarray, select_f:
         keep, known, novel = train_y != c, select_y != c, select_y == c
         if not novel.any() or not known.any():
             continue
-        bank = _unit(train_f[keep])
+        bank = _unit(knn_train_f[keep])
         usable = [k for k in ks if k <= min(np.bincount(train_y[keep])[np.unique(train_y[keep])])]
-        for k, s in _knn_scores(bank, select_f, usable).items():
+        for k, s in _knn_scores(bank, knn_select_f, usable).items():
             per_class.setdefault(f"knn{k}", []).append(auroc(s[known], s[novel]))
         mu, sd = train_f[keep].mean(0), train_f[keep].std(0) + 1e-6
         head = LogisticRegression(C=0.1, max_iter=3000).fit((train_f[keep] - mu) / sd, train_y[keep])
@@ -102,7 +106,7 @@ def held_out_class_estimates(train_f: np.ndarray, train_y: np.ndarray, select_f:
             s = known_score(logits, kind)
             per_class.setdefault(kind, []).append(auroc(s[known], s[novel]))
         top = logits.max(1)
-        for k, s in _knn_scores(bank, select_f, [k for k in FUSED_K_CANDIDATES if k in usable]).items():
+        for k, s in _knn_scores(bank, knn_select_f, [k for k in FUSED_K_CANDIDATES if k in usable]).items():
             fused = fuse(top, s, fusion_stats(top[known], s[known]))
             per_class.setdefault(f"fused{k}", []).append(auroc(fused[known], fused[novel]))
     return per_class
@@ -120,11 +124,14 @@ def fuse(max_logit: np.ndarray, knn: np.ndarray, stats: tuple[float, float, floa
 
 
 def choose_score(train_f: np.ndarray, train_y: np.ndarray, held_f: np.ndarray, held_y: np.ndarray,
-                 fraction: float = SELECTION_FRACTION, seed: int = 0) -> Selection:
+                 fraction: float = SELECTION_FRACTION, seed: int = 0, knn_train_f: np.ndarray | None = None,
+                 knn_held_f: np.ndarray | None = None) -> Selection:
     """Split the held-out known images, estimate every candidate on the selection part, pick the best mean."""
     select, calibrate = split_selection(held_y, fraction, seed)
+    knn_held_f = held_f if knn_held_f is None else knn_held_f
     per_class = held_out_class_estimates(np.asarray(train_f), np.asarray(train_y), np.asarray(held_f)[select],
-                                         np.asarray(held_y)[select])
+                                         np.asarray(held_y)[select], knn_train_f=knn_train_f,
+                                         knn_select_f=np.asarray(knn_held_f)[select])
     estimates = {name: float(np.mean(v)) for name, v in per_class.items()}
     # ties go to the earlier candidate: the logit scores need no bank in the graph
     order = list(LOGIT_CANDIDATES) + [f"knn{k}" for k in KNN_K_CANDIDATES] + [f"fused{k}" for k in FUSED_K_CANDIDATES]
