@@ -34,6 +34,8 @@ from typing import Sequence
 import numpy as np
 from scipy import stats
 
+from osr.export.manifest import ThresholdRecord
+
 
 @dataclass(frozen=True)
 class ConformalThreshold:
@@ -62,17 +64,16 @@ class ConformalThreshold:
         """k / (n + 1): the marginal false-rejection rate (exact without ties)."""
         return self.rank / (self.n_calibration + 1)
 
+    def to_record(self) -> ThresholdRecord:
+        return ThresholdRecord(
+            value=float(self.value), target_false_rejection=float(self.target_false_rejection),
+            method=self.method, n_calibration=int(self.n_calibration), rank=int(self.rank),
+            confidence=self.confidence, per_class=self.per_class, per_class_n_calibration=self.per_class_n,
+        )
+
     def to_manifest(self) -> dict:
-        return {
-            "value": float(self.value),
-            "target_false_rejection": float(self.target_false_rejection),
-            "method": self.method,
-            "n_calibration": int(self.n_calibration),
-            "confidence": self.confidence,
-            "per_class": None if self.per_class is None else [float(v) for v in self.per_class],
-            "per_class_n_calibration": None if self.per_class_n is None else list(self.per_class_n),
-            "rank": int(self.rank),
-        }
+        """The manifest's "threshold" object (ThresholdRecord.to_manifest writes its fields)."""
+        return self.to_record().to_manifest()
 
 
 def _check_alpha(alpha: float) -> None:

@@ -58,7 +58,7 @@ class Model:
     @property
     def card(self) -> dict[str, Any]:
         """Classes, alpha, test AUROC and false-rejection rate, ... (the same as GET /v1/model)."""
-        return model_card(self.predictor.manifest)
+        return model_card(self.predictor.record)
 
     # -- classification ------------------------------------------------------------------------------
 
@@ -106,7 +106,7 @@ class Model:
     def summarize(self, rows: Iterable[Mapping]) -> Summary:
         """The unknown-flag monitor's test of these rows (serve/monitor.py): the unknown rate against
         its band for known-class traffic, and the uniformity of the accepted images' p-values."""
-        return summarize_rows(rows, self.predictor.manifest["threshold"])
+        return summarize_rows(rows, self.predictor.record.threshold)
 
     def _prepare(self, item: ImageInput, name: str) -> np.ndarray | dict:
         """The model-sized image (osr.inputs, the path the CLI and the service take), or an error row."""

@@ -126,7 +126,7 @@ async def _load_model(state: ServiceState, factory: PredictorFactory) -> None:
     try:
         predictor = await run_in_threadpool(factory)
         state.predictor = predictor
-        state.metrics.watch(predictor.manifest["threshold"],
+        state.metrics.watch(predictor.record.threshold,
                             images_per_request=state.settings.monitor_images_per_request)
         await run_in_threadpool(predictor.warmup)
         state.gate = DecodeGate(state.settings.decode_memory_bytes, decode_threads(state.settings),
@@ -284,9 +284,9 @@ def _served_model(state: ServiceState, model_name: str, model_version: str | Non
 
 
 def _model_metadata(predictor: Predictor) -> oip.ModelMetadata:
-    manifest = predictor.manifest
-    inputs = manifest.get("inputs") or input_specs(predictor.image_size)
-    outputs = manifest.get("outputs") or output_specs(len(predictor.classes))
+    record = predictor.record
+    inputs = list(record.inputs) or input_specs(predictor.image_size)
+    outputs = list(record.outputs) or output_specs(len(predictor.classes))
     return oip.ModelMetadata(
         name=predictor.name, versions=[str(predictor.version)], platform="onnxruntime_onnx",
         inputs=oip.tensor_metadata_from_manifest(inputs), outputs=oip.tensor_metadata_from_manifest(outputs),

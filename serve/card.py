@@ -8,14 +8,17 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from osr.export.manifest import ManifestRecord
+
 TRAINING_KEYS = ("dataset", "split", "method", "mix", "seed", "epoch", "run_id")
 
 
-def model_card(manifest: Mapping[str, Any]) -> dict[str, Any]:
-    """The card as plain data (the shape of serve/routes/schemas.py ``ModelCard``)."""
-    threshold = manifest["threshold"]
-    per_class = threshold.get("per_class") is not None
-    metrics = manifest.get("metrics") or {}
+def model_card(manifest: ManifestRecord | Mapping[str, Any]) -> dict[str, Any]:
+    """The card as plain data (the shape of serve/routes/schemas.py ``ModelCard``), from the
+    manifest's record (``Predictor.record``; a manifest dict is parsed into one)."""
+    record = ManifestRecord.from_manifest(manifest)
+    threshold = record.threshold
+    metrics = record.metrics
     false_rejection = metrics.get("false_rejection") or {}
     test = None
     if metrics:
@@ -28,23 +31,22 @@ def model_card(manifest: Mapping[str, Any]) -> dict[str, Any]:
             "n_known_test": metrics.get("n_known_test"),
             "n_unknown_test": metrics.get("n_unknown_test"),
         }
-    provenance = manifest.get("provenance") or {}
+    provenance = record.provenance
     training = {key: provenance[key] for key in TRAINING_KEYS if key in provenance}
     student = provenance.get("student")
     if isinstance(student, Mapping) and "arch" in student:
         training["architecture"] = student["arch"]
-    n_calibration = int(threshold["n_calibration"])
     return {
-        "name": str(manifest["name"]),
-        "version": int(manifest["version"]),
-        "classes": list(manifest["classes"]),
-        "image_size": int(manifest["image_size"]),
-        "score_function": str(manifest.get("score_function", "max_logit")),
-        "alpha": float(threshold["target_false_rejection"]),
-        "expected_unknown_rate": None if per_class else int(threshold["rank"]) / (n_calibration + 1),
-        "threshold_method": str(threshold.get("method", "split_conformal")),
-        "per_class_thresholds": per_class,
-        "n_calibration": n_calibration,
+        "name": record.name,
+        "version": record.version,
+        "classes": list(record.classes),
+        "image_size": record.image_size,
+        "score_function": record.score_function,
+        "alpha": threshold.target_false_rejection,
+        "expected_unknown_rate": threshold.expected_unknown_rate,
+        "threshold_method": threshold.method,
+        "per_class_thresholds": threshold.per_class_thresholds,
+        "n_calibration": threshold.n_calibration,
         "test": test,
         "training": training,
     }

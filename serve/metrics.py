@@ -19,6 +19,7 @@ from prometheus_client import multiprocess
 from starlette.routing import BaseRoute, Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from osr.export.manifest import ThresholdRecord
 from osr.serve.monitor import (
     DEFAULT_IMAGES_PER_REQUEST,
     DEFAULT_WINDOW,
@@ -86,7 +87,7 @@ class ServiceMetrics:
             "(all images' with per-class thresholds)")
         self.ks_p_value = gauge("ks_p_value", "p-value of that Kolmogorov-Smirnov test (small = drift)")
 
-    def watch(self, threshold: Mapping, window: int = DEFAULT_WINDOW,
+    def watch(self, threshold: ThresholdRecord | Mapping, window: int = DEFAULT_WINDOW,
               images_per_request: int = DEFAULT_IMAGES_PER_REQUEST) -> None:
         """Start the unknown-flag monitor for a model (its manifest's threshold record)."""
         self.monitor = WindowMonitor(KnownTraffic.from_threshold(threshold), window, images_per_request)

@@ -39,6 +39,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from osr.export.manifest import ThresholdRecord
+
 DEFAULT_WINDOW = 1000
 # at most this many images of one request enter the live window (a random sample of its images):
 # one request then holds at most 1.6 % of the default window, however many images it sends
@@ -150,10 +152,11 @@ class KnownTraffic:
     rank: int | None
 
     @classmethod
-    def from_threshold(cls, record: Mapping) -> KnownTraffic:
-        per_class = record.get("per_class") is not None
-        return cls(alpha=float(record["target_false_rejection"]), n_calibration=int(record["n_calibration"]),
-                   rank=None if per_class else int(record["rank"]))
+    def from_threshold(cls, record: ThresholdRecord | Mapping) -> KnownTraffic:
+        """From the manifest's threshold record (a dict is parsed into a ThresholdRecord)."""
+        threshold = ThresholdRecord.from_dict(record, "threshold")
+        return cls(alpha=threshold.target_false_rejection, n_calibration=threshold.n_calibration,
+                   rank=None if threshold.per_class_thresholds else threshold.rank)
 
     @property
     def accepted_only(self) -> bool:
@@ -247,7 +250,7 @@ def summarize(p_values: np.ndarray, unknown: np.ndarray, null: KnownTraffic,
     )
 
 
-def summarize_rows(rows: Iterable[Mapping], threshold: Mapping, level: float = BAND_LEVEL) -> Summary:
+def summarize_rows(rows: Iterable[Mapping], threshold: ThresholdRecord | Mapping, level: float = BAND_LEVEL) -> Summary:
     """``summarize`` over result rows (osr-score's JSONL or CSV, /v1/classify); error rows are skipped."""
     p_values, flags = [], []
     for row in rows:

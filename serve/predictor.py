@@ -20,8 +20,8 @@ from typing import Protocol
 
 import numpy as np
 
-from osr.export.manifest import INPUT_NAME, OUTPUT_NAMES, ManifestError, load_manifest, resolve_version_dir
-from osr.images import DEFAULT_MAX_PIXELS, RESIZE_RULE, resize_for_model
+from osr.export.manifest import INPUT_NAME, OUTPUT_NAMES, ManifestError, ManifestRecord, resolve_version_dir
+from osr.images import DEFAULT_MAX_PIXELS, resize_for_model
 from osr.inputs import ImageInput, InputLimits, error_message, prepare_input
 from osr.serve import preflight
 from osr.serve.results import error_row, rows_from_outputs
@@ -209,7 +209,8 @@ def _split_url(url: str, protocol: str) -> tuple[str, bool]:
 class Predictor:
     """Decode -> resize -> backend -> result rows, for one manifest.
 
-    Attributes: ``manifest`` (dict), ``classes`` (list[str]), ``image_size`` (int), ``name`` (str),
+    Attributes: ``record`` (ManifestRecord: the manifest, parsed once), ``manifest`` (dict, the
+    JSON it came from), ``classes`` (list[str]), ``image_size`` (int), ``name`` (str),
     ``version`` (int), ``threshold`` (float), ``version_dir`` (Path | None), ``backend`` (Backend),
     ``max_pixels`` (int), ``limits`` (InputLimits, from max_pixels), ``max_batch_size`` (int).
     Thread safety: ``run`` may be called from several threads (onnxruntime sessions are thread-safe;
@@ -218,23 +219,24 @@ class Predictor:
 
     def __init__(
         self,
-        manifest: dict,
+        manifest: ManifestRecord | dict,
         backend: Backend,
         *,
         version_dir: Path | None = None,
         max_pixels: int = DEFAULT_MAX_PIXELS,
         max_batch_size: int | None = None,
     ):
-        _check_manifest_contract(manifest)
-        self.manifest = manifest
+        record = ManifestRecord.from_manifest(manifest)  # a record from from_repository is taken as is
+        self.record = record
+        self.manifest = record.raw
         self.backend = backend
         self.version_dir = version_dir
-        self.classes: list[str] = list(manifest["classes"])
-        self.image_size: int = int(manifest["image_size"])
-        self.name: str = str(manifest["name"])
-        self.version: int = int(manifest["version"])
-        self.threshold: float = float(manifest["threshold"]["value"])
-        self.resize_rule: str = manifest["resize"]["rule"]
+        self.classes: list[str] = list(record.classes)
+        self.image_size: int = record.image_size
+        self.name: str = record.name
+        self.version: int = record.version
+        self.threshold: float = record.threshold.value
+        self.resize_rule: str = record.resize_rule
         self.max_pixels = int(max_pixels)
         self.limits = InputLimits(self.max_pixels)
         self.max_batch_size = int(max_batch_size or backend.max_batch_size)
@@ -264,15 +266,13 @@ class Predictor:
             raise ManifestError(f"model repository {repository} does not exist or is not a folder")
         version_dir = resolve_version_dir(repository, model, version)
         preflight.check_model_file_name(version_dir)  # before the file is hashed
-        manifest = load_manifest(version_dir)
-        preflight.check_manifest(manifest, version_dir)
-        _check_manifest_contract(manifest)
-        model_path = version_dir / manifest["model_file"]
+        record = preflight.load(version_dir)  # the one check of the manifest's fields
+        model_path = version_dir / record.model_file
         if not triton_url or model_path.suffix == ".onnx":  # a TensorRT plan is Triton's to check
-            preflight.check_graph(model_path, manifest)
+            preflight.check_graph(model_path, record)
         if triton_url:
             backend: Backend = TritonBackend(
-                triton_url, manifest["name"], manifest["version"], protocol=triton_protocol,
+                triton_url, record.name, record.version, protocol=triton_protocol,
                 max_batch_size=max_batch_size,
             )
         else:
@@ -280,7 +280,7 @@ class Predictor:
                 model_path, threads=threads, providers=providers,
                 max_batch_size=max_batch_size or DEFAULT_MAX_BATCH_SIZE,
             )
-        predictor = cls(manifest, backend, version_dir=version_dir, max_pixels=max_pixels,
+        predictor = cls(record, backend, version_dir=version_dir, max_pixels=max_pixels,
                         max_batch_size=max_batch_size)
         try:
             predictor.check_test_batch()
@@ -383,15 +383,3 @@ def _empty_outputs(num_classes: int) -> dict[str, np.ndarray]:
         "label": np.zeros(0, np.int64), "p_value": np.zeros(0, np.float32),
     }
 
-
-def _check_manifest_contract(manifest: dict) -> None:
-    """Refuse manifests this serving code cannot honour, naming the field."""
-    for field in ("name", "version", "classes", "image_size", "resize", "threshold"):
-        if field not in manifest:
-            raise ManifestError(f"manifest has no {field!r} field")
-    rule = manifest["resize"].get("rule")
-    if rule != RESIZE_RULE:
-        raise ManifestError(f"manifest resize rule {rule!r} is not supported (want {RESIZE_RULE!r})")
-    inputs = manifest.get("inputs") or []
-    if inputs and (inputs[0].get("name") != INPUT_NAME or inputs[0].get("dtype") != "uint8"):
-        raise ManifestError(f"manifest input {inputs[0]} is not the contract's uint8 'images' tensor")

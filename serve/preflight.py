@@ -6,8 +6,10 @@ Predictor.from_repository runs these checks, so osr-serve (before it listens) an
 1. ``check_model_file_name``: before the model file is read, its name in the manifest is a
    plain file name inside the version folder (no path, no ".."), so a manifest cannot point
    the server at another file;
-2. ``check_manifest``: name and version agree with the folders, classes are names,
-   image_size is a positive integer, the threshold is a finite number;
+2. ``load``: the manifest parsed once into a ManifestRecord (osr.export.manifest), which
+   refuses a manifest missing any field the server reads or holding one of the wrong type
+   (classes are names, image_size is a positive integer, the threshold record is complete, ...),
+   then the model file's sha256; ``check_location``: name and version agree with the folders;
 3. ``check_graph`` (ONNX files): the file is an ONNX graph whose tensors are those of the
    manifest, whose logits are as many as the classes and whose unknown threshold (the constant
    in ``label = where(score < threshold, -1, argmax)``, export/graph.py) is the manifest's;
@@ -20,28 +22,27 @@ how to fix it.
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Any
 
 import numpy as np
 
-from osr.export.manifest import INPUT_NAME, MANIFEST_FILE, OUTPUT_NAMES, ManifestError
+from osr.export.manifest import (
+    INPUT_NAME,
+    MANIFEST_FILE,
+    OUTPUT_NAMES,
+    RE_EXPORT,
+    ManifestError,
+    ManifestRecord,
+    load_record,
+)
 
-RE_EXPORT = "re-export the model with osr-export"
 OUTPUT_DTYPES = {"logits": np.float32, "score": np.float32, "label": np.int64, "p_value": np.float32}
 
 
 def one_line(error: object) -> str:
+    """An error's message on one line (white space folded), as refusals print it."""
     return " ".join(str(error).split())
-
-
-def _is_int(value: object) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _is_number(value: object) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 # -- before the model file is read ----------------------------------------------------------------
@@ -68,58 +69,38 @@ def check_model_file_name(version_dir: Path) -> None:
 
 # -- the manifest ---------------------------------------------------------------------------------
 
-def check_manifest(manifest: dict, version_dir: Path) -> None:
-    """Fields the serving code relies on, and the folders the manifest sits in."""
+def load(version_dir: Path) -> ManifestRecord:
+    """The manifest of ``version_dir`` parsed once (ManifestRecord.from_manifest, the one check of
+    its fields), its model file's sha256 checked, and its name and version against the folders."""
+    record = load_record(version_dir)
+    check_location(record, version_dir)
+    return record
+
+
+def check_location(record: ManifestRecord, version_dir: Path) -> None:
+    """Name and version agree with the folders the manifest sits in."""
     path = Path(version_dir) / MANIFEST_FILE
-
-    def fail(message: str) -> None:
-        raise ManifestError(f"{path}: {message}")
-
-    version, folder_version = manifest["version"], Path(version_dir).name
-    if not _is_int(version) or version < 1:
-        fail(f"version must be a positive integer, got {version!r}; {RE_EXPORT}")
+    version, folder_version = record.version, Path(version_dir).name
     if str(version) != folder_version:
-        fail(f"the manifest says version {version} but its folder is {folder_version}; move the files to a folder "
-             f"named {version} or set version to {folder_version}")
-    name, folder_name = manifest["name"], Path(version_dir).parent.name
+        raise ManifestError(f"{path}: the manifest says version {version} but its folder is {folder_version}; move "
+                            f"the files to a folder named {version} or set version to {folder_version}")
+    name, folder_name = record.name, Path(version_dir).parent.name
     if name != folder_name:
-        fail(f"the manifest names the model {name!r} but its folder is {folder_name!r}; clients find a model by "
-             f"its folder, so rename the folder to {name!r} or set name to {folder_name!r}")
-    if not isinstance(manifest["resize"], dict):
-        fail(f"resize must be an object with a 'rule', got {manifest['resize']!r}; {RE_EXPORT}")
-    for kind in ("inputs", "outputs"):
-        entries = manifest[kind]
-        if not isinstance(entries, list) or not all(
-                isinstance(e, dict) and isinstance(e.get("name"), str) and isinstance(e.get("dtype"), str)
-                and isinstance(e.get("shape"), list) and all(_is_int(d) for d in e["shape"]) for e in entries):
-            fail(f"{kind} must be a list of tensors, each with a name, a dtype and a shape of integers; {RE_EXPORT}")
-    classes = manifest["classes"]
-    if not isinstance(classes, list) or not classes or not all(isinstance(c, str) and c for c in classes):
-        fail(f"classes must be a non-empty list of names; {RE_EXPORT}")
-    image_size = manifest["image_size"]
-    if not _is_int(image_size) or image_size < 1:
-        fail(f"image_size must be a positive integer, got {image_size!r}; {RE_EXPORT}")
-    threshold = manifest["threshold"]
-    if not _is_number(threshold["value"]):
-        fail(f"threshold.value must be a finite number, got {threshold['value']!r}; {RE_EXPORT}")
-    per_class = threshold.get("per_class")
-    if per_class is not None:
-        if not isinstance(per_class, list) or not all(_is_number(v) for v in per_class):
-            fail(f"threshold.per_class must be a list of finite numbers or null; {RE_EXPORT}")
-        if len(per_class) != len(classes):
-            fail(f"threshold.per_class has {len(per_class)} values for {len(classes)} classes; {RE_EXPORT}")
+        raise ManifestError(f"{path}: the manifest names the model {name!r} but its folder is {folder_name!r}; "
+                            f"clients find a model by its folder, so rename the folder to {name!r} or set name to "
+                            f"{folder_name!r}")
 
 
-def manifest_thresholds(manifest: dict) -> np.ndarray:
+def manifest_thresholds(record: ManifestRecord) -> np.ndarray:
     """The threshold of each class, as the graph stores them (float32)."""
-    threshold = manifest["threshold"]
-    values = threshold.get("per_class") or threshold["value"]
-    return np.broadcast_to(np.asarray(values, dtype=np.float32), (len(manifest["classes"]),))
+    threshold = record.threshold
+    values = threshold.per_class or threshold.value
+    return np.broadcast_to(np.asarray(values, dtype=np.float32), (len(record.classes),))
 
 
 # -- the graph ------------------------------------------------------------------------------------
 
-def check_graph(model_path: Path, manifest: dict) -> None:
+def check_graph(model_path: Path, record: ManifestRecord) -> None:
     """The ONNX file against the manifest: tensors, number of classes, image size, threshold."""
     try:
         import onnx
@@ -146,8 +127,7 @@ def check_graph(model_path: Path, manifest: dict) -> None:
     for name in OUTPUT_NAMES:
         if name not in outputs:
             fail(f"the graph has no output '{name}' (it has {', '.join(outputs)})")
-    for kind, entries, tensors in (("input", manifest.get("inputs") or [], inputs),
-                                   ("output", manifest.get("outputs") or [], outputs)):
+    for kind, entries, tensors in (("input", record.inputs, inputs), ("output", record.outputs, outputs)):
         for entry in entries:
             tensor = tensors.get(entry.get("name"))
             wanted = (entry.get("dtype"), list(entry.get("shape", [])))
@@ -157,14 +137,14 @@ def check_graph(model_path: Path, manifest: dict) -> None:
                 fail(f"manifest {kind} {entry['name']!r} is {wanted[0]} {wanted[1]}, the graph's is "
                      f"{tensor[0]} {tensor[1]}")
 
-    size = manifest["image_size"]
+    size = record.image_size
     dtype, shape = inputs[INPUT_NAME]
     if dtype != "uint8" or len(shape) != 4 or shape[3] != 3:
         fail(f"the graph's input is {dtype} {shape}, the contract is uint8 [N, S, S, 3]")
     if shape[1:3] != [size, size]:
         fail(f"the graph takes {shape[1]} x {shape[2]} images but the manifest says image_size {size}")
     logits = outputs["logits"][1]
-    classes = len(manifest["classes"])
+    classes = len(record.classes)
     if len(logits) != 2 or logits[1] != classes:
         fail(f"the graph has {logits[-1] if logits else 0} logits but the manifest lists {classes} classes")
 
@@ -174,7 +154,7 @@ def check_graph(model_path: Path, manifest: dict) -> None:
              "as osr-export writes it")
     if in_graph.size not in (1, classes):
         fail(f"the graph holds {in_graph.size} thresholds for {classes} classes")
-    expected = manifest_thresholds(manifest)
+    expected = manifest_thresholds(record)
     found = np.broadcast_to(in_graph.astype(np.float32), expected.shape)
     if not np.allclose(found, expected, rtol=1e-6, atol=0.0):
         raise ManifestError(f"{model_path}: the manifest's threshold {_format(expected)} is not the graph's "

@@ -875,7 +875,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"osr-score: Benjamini-Hochberg at q={args.fdr}: {flagged} of {tested} flagged unknown "
               f"(column {FDR_COLUMN})", file=sys.stderr)
     if args.summary:
-        batch = summarize_rows(iter_output_rows(args.out, fmt), predictor.manifest["threshold"])
+        batch = summarize_rows(iter_output_rows(args.out, fmt), predictor.record.threshold)
         print(format_summary(batch))
         if batch.rate_alarm or batch.uniformity_alarm:
             print(f"osr-score: ALARM: this batch is not what {predictor.name}'s threshold was calibrated on "

@@ -335,7 +335,7 @@ def test_the_monitor_gauges_are_never_nan() -> None:
     from osr.serve.metrics import ServiceMetrics
 
     metrics = ServiceMetrics()
-    threshold = {"target_false_rejection": 0.05, "n_calibration": 300, "rank": 15}
+    threshold = {"value": 1.0, "target_false_rejection": 0.05, "n_calibration": 300, "rank": 15}
     metrics.watch(threshold, images_per_request=16)
     for _ in range(3):
         labels = np.full(100, -1)
@@ -348,7 +348,7 @@ def test_the_monitor_gauges_are_never_nan() -> None:
 
 
 def test_window_takes_a_random_sample_of_each_request() -> None:
-    null = KnownTraffic.from_threshold({"target_false_rejection": 0.05, "n_calibration": 300, "rank": 15})
+    null = KnownTraffic.from_threshold({"value": 1.0, "target_false_rejection": 0.05, "n_calibration": 300, "rank": 15})
     monitor = WindowMonitor(null, window=1000, images_per_request=16, seed=0)
     p = np.linspace(0.01, 1.0, 500)
     monitor.observe_request(p, p < 0.05)

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from osr.export.manifest import ManifestError
+from osr.export.manifest import REQUIRED_KEYS, THRESHOLD_KEYS, ManifestError
 from osr.serve.predictor import Predictor, PredictorError
 from osr.serve.server import main
 
@@ -185,6 +185,34 @@ def test_osr_serve_exits_2_with_one_line(capsys, repository_copy: Path, name: st
     assert err.startswith("osr-serve: cannot serve: ") and err.count("\n") == 1, err
     if name != "text_model_with_matching_hash":
         assert err == f"osr-serve: cannot serve: {expected(name, repository_copy)}\n"
+
+
+def remove_field(repository: Path, field: str) -> None:
+    path = version_dir(repository) / "manifest.json"
+    manifest = json.loads(path.read_text())
+    *outer, leaf = field.split(".")
+    (manifest[outer[0]] if outer else manifest).pop(leaf)
+    path.write_text(json.dumps(manifest))
+
+
+# every field the server reads: the manifest's required fields and the threshold record's
+READ_FIELDS = [*REQUIRED_KEYS, *(f"threshold.{key}" for key in THRESHOLD_KEYS)]
+
+
+@pytest.mark.parametrize("field", READ_FIELDS)
+def test_manifest_missing_a_field_the_server_reads_exits_2_at_preflight(capsys, repository_copy: Path,
+                                                                        field: str) -> None:
+    """Refused at load with one line naming the field, never a KeyError later (the model card, the
+    monitor: /readyz 503 for good)."""
+    remove_field(repository_copy, field)
+    with pytest.raises(SystemExit) as info:
+        main(["--model-repository", str(repository_copy)])
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"osr-serve: cannot serve: {version_dir(repository_copy) / 'manifest.json'}: ")
+    assert err.count("\n") == 1 and "Traceback" not in err, err
+    leaf = field.split(".")[-1]
+    assert (field if leaf != "value" else "'value'") in err, err
 
 
 def test_absolute_model_file_is_refused(repository_copy: Path) -> None:

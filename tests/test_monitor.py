@@ -20,7 +20,7 @@ from osr.serve.monitor import (
     summarize_rows,
 )
 
-SINGLE = {"target_false_rejection": 0.05, "n_calibration": 300, "rank": 15, "per_class": None, "method": "split_conformal"}
+SINGLE = {"value": 1.0, "target_false_rejection": 0.05, "n_calibration": 300, "rank": 15, "per_class": None, "method": "split_conformal"}
 
 
 # -- distributions against scipy ------------------------------------------------------------------
@@ -40,8 +40,8 @@ def test_beta_binomial_interval_is_scipys(n: int, a: int, b: int) -> None:
 
 def test_band_of_the_bundled_models_threshold_is_its_reports_conformal_band() -> None:
     """model_repository/cifar10-ad/1/report: 6000 known test images, n = 3000, k = 150."""
-    null = KnownTraffic.from_threshold({"target_false_rejection": 0.05, "n_calibration": 3000, "rank": 150,
-                                        "per_class": None})
+    null = KnownTraffic.from_threshold({"value": 1.0, "target_false_rejection": 0.05, "n_calibration": 3000,
+                                        "rank": 150, "per_class": None})
     low, high = null.unknown_band(6000)
     assert (round(low, 6), round(high, 6)) == (0.038167, 0.063167)
     assert null.expected_unknown_rate == 150 / 3001
@@ -106,7 +106,7 @@ def conformal_traffic(rng: np.random.Generator, n_images: int, unknown_share: fl
     scores = np.where(unknowns, rng.normal(-1.5, 1.0, n_images), rng.normal(size=n_images))
     p = (np.searchsorted(calibration, scores, side="right") + 1.0) / (n_cal + 1)
     flagged = scores < calibration[k - 1]
-    threshold = {"target_false_rejection": alpha, "n_calibration": n_cal, "rank": k, "per_class": None}
+    threshold = {"value": 1.0, "target_false_rejection": alpha, "n_calibration": n_cal, "rank": k, "per_class": None}
     return p.astype(np.float32), flagged, threshold
 
 

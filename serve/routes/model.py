@@ -17,6 +17,6 @@ def model_router(guard: Callable[[Request], None]) -> APIRouter:
     @router.get("/model", response_model=ModelCard, responses=error_responses(401, 503),
                 summary="The served model's card: classes, alpha, test AUROC and false-rejection rate")
     async def model(predictor: ReadyPredictor) -> dict:
-        return model_card(predictor.manifest)
+        return model_card(predictor.record)
 
     return router
