@@ -71,7 +71,7 @@ def test_oscr_hand_example():
 
 
 def test_oscr_tie_between_known_and_unknown_counts_against():
-    # METHOD.md: CCR uses score > d, FPR uses score >= d
+    # docs/method.md: CCR uses score > d, FPR uses score >= d
     assert oscr(np.array([0.5]), np.array([True]), np.array([0.5])) == pytest.approx(0.0)
 
 

@@ -1,5 +1,5 @@
 """Losses for asymmetric distillation: DIST, the smoothed two-hot target, soft cross-entropy,
-and the teacher's "learnable" mask on mixed images (see METHOD.md)."""
+and the teacher's "learnable" mask on mixed images (see docs/method.md)."""
 
 from __future__ import annotations
 

@@ -72,7 +72,7 @@ def oscr_curve(
 ) -> tuple[np.ndarray, np.ndarray]:
     """(fpr, ccr) points of the OSCR curve from (0, 0) to (1, accuracy).
 
-    As in METHOD.md, for each threshold d: CCR(d) = share of known images classified correctly
+    As in docs/method.md, for each threshold d: CCR(d) = share of known images classified correctly
     with score > d, FPR(d) = share of unknown images with score >= d. Sweeping d down through
     each distinct score s gives two points: unknowns tied at s enter first (FPR rises), known
     images tied at s after (CCR rises), so ties between known and unknown count against OSCR.
