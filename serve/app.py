@@ -60,6 +60,7 @@ from osr.serve.predictor import Predictor
 from osr.serve.results import error_row, rows_from_outputs
 from osr.serve.routes.demo import demo_router
 from osr.serve.routes.docs import docs_router, install_openapi, mount_static
+from osr.serve.routes.deps import ReadyModel, ReadyPredictor
 from osr.serve.routes.model import model_router
 from osr.serve.routes.schemas import ClassifyResponse, error_responses
 from osr.serve.settings import Settings
@@ -244,9 +245,10 @@ def _v1_router(state: ServiceState, guard: Callable[[Request], None]) -> APIRout
                  summary="Classify images (known class or unknown)")
     async def classify(
         request: Request,
+        ready: ReadyModel,
         top_k: int | None = Query(None, ge=0, le=1000, description="classes listed per image (default 5)"),
     ) -> dict:
-        predictor, batcher = state.require_ready()
+        predictor, batcher = ready
         with batcher.arrival() as arrival:  # the batcher waits for this request while it is decoded
             items = await _read_files(request, settings.max_files)
             names = [name for name, _ in items]
@@ -273,8 +275,8 @@ def _v1_router(state: ServiceState, guard: Callable[[Request], None]) -> APIRout
 
 # -- /v2 (Open Inference Protocol) ----------------------------------------------------------------
 
-def _served_model(state: ServiceState, model_name: str, model_version: str | None) -> Predictor:
-    predictor, _ = state.require_ready()
+def _served_model(predictor: Predictor, model_name: str, model_version: str | None) -> Predictor:
+    """The ready predictor if it is the model (and version) a /v2 path names; else 404."""
     if model_name != predictor.name:
         raise HTTPException(404, f"unknown model {model_name!r}; this server serves {predictor.name!r}")
     if model_version not in (None, "", str(predictor.version)):
@@ -371,8 +373,7 @@ def _v2_routers(state: ServiceState, guard: Callable[[Request], None]) -> list[A
         return {"live": True}
 
     @open_router.get("/health/ready", responses=error_responses(503, oip=True))
-    async def server_ready() -> dict:
-        state.require_ready()
+    async def server_ready(_: ReadyPredictor) -> dict:
         return {"ready": True}
 
     @router.get("", response_model=oip.ServerMetadata, responses=error_responses(401, oip=True))
@@ -383,27 +384,28 @@ def _v2_routers(state: ServiceState, guard: Callable[[Request], None]) -> list[A
     @router.get("/models/{model_name}", response_model=oip.ModelMetadata, responses=model_errors)
     @router.get("/models/{model_name}/versions/{model_version}", response_model=oip.ModelMetadata,
                 responses=model_errors)
-    async def model_metadata(model_name: str, model_version: str | None = None) -> oip.ModelMetadata:
-        return _model_metadata(_served_model(state, model_name, model_version))
+    async def model_metadata(predictor: ReadyPredictor, model_name: str,
+                             model_version: str | None = None) -> oip.ModelMetadata:
+        return _model_metadata(_served_model(predictor, model_name, model_version))
 
     @router.get("/models/{model_name}/ready", responses=model_errors)
     @router.get("/models/{model_name}/versions/{model_version}/ready", responses=model_errors)
-    async def model_ready(model_name: str, model_version: str | None = None) -> dict:
-        predictor = _served_model(state, model_name, model_version)
+    async def model_ready(predictor: ReadyPredictor, model_name: str, model_version: str | None = None) -> dict:
+        predictor = _served_model(predictor, model_name, model_version)
         return {"name": predictor.name, "ready": True}
 
     @router.get("/models/{model_name}/config", responses=model_errors)
     @router.get("/models/{model_name}/versions/{model_version}/config", responses=model_errors)
-    async def model_config(model_name: str, model_version: str | None = None) -> dict:
-        return _model_config(_served_model(state, model_name, model_version), settings.max_batch)
+    async def model_config(predictor: ReadyPredictor, model_name: str, model_version: str | None = None) -> dict:
+        return _model_config(_served_model(predictor, model_name, model_version), settings.max_batch)
 
     @router.post("/models/{model_name}/infer", response_model=oip.InferResponse, responses=_INFER_RESPONSES,
                  openapi_extra=_INFER_BODY_DOC)
     @router.post("/models/{model_name}/versions/{model_version}/infer", response_model=oip.InferResponse,
                  responses=_INFER_RESPONSES, openapi_extra=_INFER_BODY_DOC)
-    async def infer(model_name: str, request: Request, model_version: str | None = None) -> Response:
-        predictor = _served_model(state, model_name, model_version)
-        _, batcher = state.require_ready()
+    async def infer(model_name: str, request: Request, ready: ReadyModel, model_version: str | None = None) -> Response:
+        predictor, batcher = ready
+        predictor = _served_model(predictor, model_name, model_version)
         with batcher.arrival() as arrival:
             body = await oip.read_infer_body(request.stream(), request.headers, settings.max_body_bytes,
                                              settings.max_json_bytes)  # inflated as it streams in, bounded
@@ -436,8 +438,7 @@ def _ops_router(state: ServiceState) -> APIRouter:
         return {"status": "ok"}
 
     @router.get("/readyz", responses=error_responses(503))
-    async def readyz() -> dict:
-        predictor, _ = state.require_ready()
+    async def readyz(predictor: ReadyPredictor) -> dict:
         return {"status": "ready", "model": predictor.name, "version": predictor.version}
 
     @router.get("/metrics", response_class=PlainTextResponse,
