@@ -141,12 +141,8 @@ def score_parts(model: nn.Module, inputs: ExportInputs, options: ExportOptions) 
         return {"model": model, "score_function": options.score_function}
     if inputs.train_x is None or inputs.train_y is None:
         raise ValueError("--score knn needs the run's training images for its feature bank")
-    body, head, features_of = feature_extractor(model, inputs)
-    knn_body = None
-    if options.knn_features == "pretrained":
-        knn_body = frozen_body(model, inputs)
-        probe = OsrGraph(model, inputs.mean, inputs.std, len(inputs.classes), 0.0, [0.0])
-        features_of = lambda batch: knn_body(probe.normalise(batch))  # noqa: E731
+    body, head, _ = feature_extractor(model, inputs)
+    knn_body, features_of = knn_feature_extractor(model, inputs, options)
     log.info("building the kNN feature bank (up to %d training images per class, %s features)",
              options.knn_bank_per_class, options.knn_features)
     bank = build_bank(features_of, inputs.train_x, inputs.train_y, options.knn_bank_per_class)
@@ -166,6 +162,16 @@ def feature_extractor(model: nn.Module, inputs: ExportInputs):
     probe = OsrGraph(model, inputs.mean, inputs.std, len(inputs.classes), 0.0, [0.0])
     body, head = split_head(model, probe.normalise(torch.from_numpy(inputs.calib_x[:2])))
     return body, head, lambda batch: body(probe.normalise(batch))
+
+
+def knn_feature_extractor(model: nn.Module, inputs: ExportInputs, options: ExportOptions):
+    """(knn_body, features_of) for the kNN part: (None, the model's head input) by default; with
+    --knn-features pretrained, the frozen pretrained body and its features."""
+    if options.knn_features != "pretrained":
+        return None, feature_extractor(model, inputs)[2]
+    body = frozen_body(model, inputs)
+    probe = OsrGraph(model, inputs.mean, inputs.std, len(inputs.classes), 0.0, [0.0])
+    return body, lambda batch: body(probe.normalise(batch))
 
 
 def frozen_body(model: nn.Module, inputs: ExportInputs) -> nn.Module:
@@ -196,11 +202,7 @@ def select_score(model: nn.Module, inputs: ExportInputs, options: ExportOptions
     if inputs.train_x is None or inputs.train_y is None:
         raise ValueError("--score auto needs the run's training images (the kNN candidates' bank)")
     _, head, model_features_of = feature_extractor(model, inputs)
-    knn_features_of = model_features_of
-    if options.knn_features == "pretrained":
-        knn_of = frozen_body(model, inputs)
-        probe = OsrGraph(model, inputs.mean, inputs.std, len(inputs.classes), 0.0, [0.0])
-        knn_features_of = lambda batch: knn_of(probe.normalise(batch))  # noqa: E731
+    _, knn_features_of = knn_feature_extractor(model, inputs, options)
 
     def features(images: np.ndarray, features_of) -> np.ndarray:
         return np.concatenate([features_of(torch.from_numpy(np.ascontiguousarray(images[i:i + 256]))).float().numpy()

@@ -49,12 +49,17 @@ def test_needs_three_classes():
         held_out_class_estimates(f, np.repeat([0, 1], 5), f, np.repeat([0, 1], 5))
 
 
-def test_export_with_score_auto(tiny_export_inputs, tmp_path):
-    inputs = tiny_export_inputs(n_calib=80)
-    rng = np.random.default_rng(1)
+def with_training_images(inputs, seed: int):
+    """The tiny fixture with 30 random training images per class and 80 labelled held-out images."""
+    rng = np.random.default_rng(seed)
     inputs.train_x = rng.integers(0, 256, (90, 32, 32, 3), dtype=np.uint8)
     inputs.train_y = np.repeat(np.arange(3), 30)
     inputs.calib_y = np.repeat(np.arange(3), [27, 27, 26])
+    return inputs
+
+
+def test_export_with_score_auto(tiny_export_inputs, tmp_path):
+    inputs = with_training_images(tiny_export_inputs(n_calib=80), seed=1)
     options = ExportOptions(repository=tmp_path, name="auto", alpha=0.1, score_function="auto", reference=False)
     result = export_to_repository(inputs, options)
     manifest = result.manifest
@@ -97,11 +102,7 @@ def test_fused_graph_score_is_the_standardised_sum():
 
 
 def test_export_with_score_fused(tiny_export_inputs, tmp_path):
-    inputs = tiny_export_inputs(n_calib=80)
-    rng = np.random.default_rng(2)
-    inputs.train_x = rng.integers(0, 256, (90, 32, 32, 3), dtype=np.uint8)
-    inputs.train_y = np.repeat(np.arange(3), 30)
-    inputs.calib_y = np.repeat(np.arange(3), [27, 27, 26])
+    inputs = with_training_images(tiny_export_inputs(n_calib=80), seed=2)
     options = ExportOptions(repository=tmp_path, name="fused", alpha=0.1, score_function="fused", knn_k=5,
                             reference=False)
     result = export_to_repository(inputs, options)
