@@ -15,8 +15,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from osr.serve.score_cli import CSV_FIELDS, RowWriter, UsageError, _open_output
+from osr.serve.score_cli import UsageError, _open_output
 from osr.serve.score_cli import main as score_main
+from osr.serve.score_output import CSV_FIELDS, RowWriter
 
 ROOT = Path(__file__).resolve().parents[1]
 CSV_HEADER = (",".join(f'"{name}"' for name in CSV_FIELDS) + "\n").encode()

@@ -18,7 +18,8 @@ from PIL import Image
 
 from osr.serve.fdr import benjamini_hochberg, bh_adjusted_p_values
 from osr.serve.predictor import Predictor
-from osr.serve.score_cli import FDR_COLUMN, iter_input_paths, main, remove_torn_last_line
+from osr.serve.score_cli import iter_input_paths, main
+from osr.serve.score_output import FDR_COLUMN, remove_torn_last_line
 
 # -- Benjamini-Hochberg ----------------------------------------------------------------------------
 
