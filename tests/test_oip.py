@@ -3,7 +3,6 @@ server on 127.0.0.1 (the same client code that talks to Triton), plus protocol e
 
 from __future__ import annotations
 
-import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -15,17 +14,12 @@ import pytest
 import uvicorn
 
 from osr.serve.app import create_app
+from osr.serve.in_thread import free_port
 from osr.serve.predictor import OUTPUT_NAMES, Predictor
 from osr.serve.settings import Settings
 
 httpclient = pytest.importorskip("tritonclient.http", reason="tritonclient[http] is not installed")
 from tritonclient.utils import InferenceServerException  # noqa: E402
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @pytest.fixture(scope="module")

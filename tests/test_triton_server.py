@@ -13,7 +13,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import threading
 import time
@@ -34,6 +33,7 @@ from tritonclient.utils import InferenceServerException  # noqa: E402
 
 from osr.export.manifest import DEFAULT_MODEL_FILE  # noqa: E402
 from osr.export.triton_config import render_config  # noqa: E402
+from osr.serve.in_thread import free_port  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 RUN_LOCAL = ROOT / "serve" / "triton_backend" / "run_local.sh"
@@ -56,12 +56,6 @@ def tritonserver_missing() -> str | None:
     if not list(venv.glob("lib/python3*/site-packages/pytriton/tritonserver/bin/tritonserver")):
         return f"{venv} has no tritonserver (nvidia-pytriton); rerun `bash .ci/setup_triton.sh`"
     return None
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 @dataclass
@@ -129,7 +123,7 @@ def triton_server(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempP
     )
     (extra / DEFAULT_MODEL_FILE).write_text(BATCHING_MODEL)  # Triton must ignore osr's marker file
     _export_knn_model(extra, request.getfixturevalue("tiny_export_inputs"))
-    ports = [_free_port() for _ in range(3)]
+    ports = [free_port() for _ in range(3)]
     server = TritonServer(
         http_url=f"127.0.0.1:{ports[0]}",
         grpc_url=f"127.0.0.1:{ports[1]}",
