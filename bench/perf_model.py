@@ -21,7 +21,7 @@ import onnxruntime as ort
 import torch
 from PIL import Image
 
-from perf_common import MODELS, REPOSITORY, cifar_jpegs, fmt, rate, round_robin, save, summary
+from perf_common import OLD_MODELS as MODELS, REPOSITORY, cifar_jpegs, fmt, rate, round_robin, save, summary
 
 
 def torch_graph(checkpoint: Path, manifest: dict) -> torch.nn.Module:

@@ -20,7 +20,7 @@ import onnxruntime as ort
 from PIL import Image
 
 from osr.serve.predictor import Predictor
-from perf_common import MODELS, REPOSITORY, cifar_jpegs, fmt, rate, round_robin, save, summary
+from perf_common import OLD_MODELS as MODELS, REPOSITORY, cifar_jpegs, fmt, rate, round_robin, save, summary
 
 
 def upscaled(jpegs: list[bytes], size: int) -> list[bytes]:

@@ -24,7 +24,7 @@ import onnxruntime as ort
 from PIL import Image
 
 from osr.serve import score_cli
-from perf_common import MODELS, REPOSITORY, fmt, round_robin, save, single_model_repository, summary, write_jpeg_folder
+from perf_common import OLD_MODELS as MODELS, REPOSITORY, fmt, round_robin, save, single_model_repository, summary, write_jpeg_folder
 
 
 def bare_loop(model_path: Path, paths: list[Path], batch_size: int, threads: int | None) -> None:

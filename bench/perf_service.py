@@ -18,7 +18,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from perf_common import MODELS, ROOT, save, single_model_repository, summary
+from perf_common import OLD_MODELS as MODELS, ROOT, save, single_model_repository, summary
 
 LOAD_SERVE = ROOT / "bench" / "load_serve.py"
 

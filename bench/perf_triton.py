@@ -4,10 +4,13 @@ pre-resized CIFAR-10 image per request, fp32 and int8; requests/s, p50/p99, erro
 average executed batch from Triton's metrics (delta nv_inference_count / delta
 nv_inference_exec_count), beside a bare in-process onnxruntime single-image loop.
 
-    python bench/perf_triton.py [--triton-venv /work/triton-venv]
+    python bench/perf_triton.py [--triton-venv ~/.cache/osr/triton-venv]
 
 The clients run in this process, on the same 2 cores as the server. Configurations run round
-robin. Writes bench/results/perf_triton.json.
+robin; each round is one quiet window (background training paused with SIGSTOP, resumed after).
+Caveat: this is the pip wheel's tritonserver with osr's stand-in Python backend running
+onnxruntime, on CPU, handed raw uint8 tensors (no JPEG decoding), not the NGC container's C++
+onnxruntime or TensorRT backends. Writes bench/results/perf-lite0/triton.json.
 """
 
 from __future__ import annotations
@@ -32,7 +35,8 @@ from PIL import Image
 
 from osr.export.manifest import OUTPUT_NAMES
 
-from perf_common import MODELS, REPOSITORY, ROOT, cifar_jpegs, free_port, latency_ms, rate, save, summary
+from perf_common import (MODELS, REPOSITORY, ROOT, cifar_jpegs, free_port, latency_ms, quiet_machine, rate, save,
+                         summary, version_dir, wait_until_idle)
 
 RUN_LOCAL = ROOT / "serve" / "triton_backend" / "run_local.sh"
 
@@ -124,44 +128,57 @@ def load(protocol: str, url: str, model: str, images: np.ndarray, concurrency: i
             "requests_per_s": len(latencies) / wall, "p50_ms": lat["p50"], "p99_ms": lat["p99"]}
 
 
+def run_round(a: argparse.Namespace, r: int, configs: list, urls: dict, images: np.ndarray,
+              runs: dict[str, list[dict]], bare: dict[str, list[float]]) -> None:
+    """Every configuration once (rotated order), then the bare onnxruntime loops."""
+    for kind, protocol, concurrency in configs[r % len(configs):] + configs[:r % len(configs)]:
+        model = MODELS[kind]
+        before = counters(urls["metrics"], model)
+        result = load(protocol, urls[protocol], model, images, concurrency, a.seconds)
+        time.sleep(0.1)
+        after = counters(urls["metrics"], model)
+        d_count = after["nv_inference_count"] - before["nv_inference_count"]
+        d_exec = after["nv_inference_exec_count"] - before["nv_inference_exec_count"]
+        result["average_executed_batch"] = d_count / d_exec if d_exec else float("nan")
+        key = f"{kind}/{protocol}/c{concurrency}"
+        runs.setdefault(key, []).append(result)
+        print(f"{key:16s} {result['requests_per_s']:7.1f} req/s p50 {result['p50_ms']:6.1f} ms "
+              f"p99 {result['p99_ms']:6.1f} ms errors {result['errors']} "
+              f"avg batch {result['average_executed_batch']:.2f}", flush=True)
+    for kind in a.models:  # bare in-process onnxruntime, batch 1, same window
+        session = ort.InferenceSession(str(version_dir(MODELS[kind]) / "model.onnx"), providers=["CPUExecutionProvider"])
+        bare[kind].append(rate(lambda: session.run(None, {"images": images[:1]}), 1, 2.0))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--triton-venv", type=Path, default=Path(os.environ.get("OSR_TRITON_VENV", "/work/triton-venv")))
+    ap.add_argument("--triton-venv", type=Path,
+                    default=Path(os.environ.get("OSR_TRITON_VENV", Path.home() / ".cache" / "osr" / "triton-venv")))
     ap.add_argument("--protocols", nargs="+", default=["http", "grpc"])
     ap.add_argument("--concurrency", type=int, nargs="+", default=[1, 8])
     ap.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
     ap.add_argument("--seconds", type=float, default=4.0, help="load per configuration and round")
     ap.add_argument("--rounds", type=int, default=2)
-    ap.add_argument("--out", type=Path, default=None)
+    ap.add_argument("--no-pause", action="store_true")
+    ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "perf-lite0" / "triton.json")
     a = ap.parse_args()
 
     images = np.stack([np.asarray(Image.open(io.BytesIO(b)).convert("RGB")) for b in cifar_jpegs(64)])
     configs = [(m, p, c) for m in a.models for p in a.protocols for c in a.concurrency]
     runs: dict[str, list[dict]] = {}
+    windows = []
+    bare: dict[str, list[float]] = {kind: [] for kind in a.models}
     with tempfile.TemporaryDirectory() as tmp:
         process, urls = start_triton(a.triton_venv, Path(tmp) / "tritonserver.log")
         try:
             for r in range(a.rounds):
-                for kind, protocol, concurrency in configs[r % len(configs):] + configs[:r % len(configs)]:
-                    model = MODELS[kind]
-                    before = counters(urls["metrics"], model)
-                    result = load(protocol, urls[protocol], model, images, concurrency, a.seconds)
-                    time.sleep(0.1)
-                    after = counters(urls["metrics"], model)
-                    d_count = after["nv_inference_count"] - before["nv_inference_count"]
-                    d_exec = after["nv_inference_exec_count"] - before["nv_inference_exec_count"]
-                    result["average_executed_batch"] = d_count / d_exec if d_exec else float("nan")
-                    key = f"{kind}/{protocol}/c{concurrency}"
-                    runs.setdefault(key, []).append(result)
-                    print(f"{key:16s} {result['requests_per_s']:7.1f} req/s p50 {result['p50_ms']:6.1f} ms "
-                          f"p99 {result['p99_ms']:6.1f} ms errors {result['errors']} "
-                          f"avg batch {result['average_executed_batch']:.2f}", flush=True)
+                waited = wait_until_idle()
+                with quiet_machine(not a.no_pause) as window:
+                    run_round(a, r, configs, urls, images, runs, bare)
+                windows.append({"round": r + 1, "waited_for_idle_s": waited, **window})
         finally:
             stop(process)
-    bare = {}
-    for kind, name in MODELS.items():
-        session = ort.InferenceSession(str(REPOSITORY / name / "1" / "model.onnx"), providers=["CPUExecutionProvider"])
-        bare[kind] = summary([rate(lambda: session.run(None, {"images": images[:1]}), 1, 0.5) for _ in range(3)])
+    bare = {kind: summary(v) for kind, v in bare.items()}
     results = {key: {"requests_per_s": summary([r["requests_per_s"] for r in v]),
                      "p50_ms": summary([r["p50_ms"] for r in v]), "p99_ms": summary([r["p99_ms"] for r in v]),
                      "average_executed_batch": summary([r["average_executed_batch"] for r in v]),
@@ -170,7 +187,7 @@ def main() -> None:
                      "ratio_to_bare_onnxruntime_b1": summary([r["requests_per_s"] for r in v])["median"]
                      / bare[key.split("/")[0]]["median"]}
                for key, v in runs.items()}
-    save("perf_triton", {"seconds_per_config": a.seconds, "results": results,
+    save("perf_triton", {"seconds_per_config": a.seconds, "results": results, "windows": windows,
                          "bare_onnxruntime_single_image_per_s": bare}, a.out)
 
 
