@@ -87,8 +87,8 @@ class OsrGraph(nn.Module):
         self.register_buffer("class_thresholds", torch.from_numpy(thresholds))
         self.register_buffer("calibration_scores", torch.from_numpy(calibration))
         if (score_function in FEATURE_SCORES) != (head is not None):
-            raise ValueError(f"score function {score_function} needs the model split at its head (model = body, "
-                             f"head = ...) exactly when it is one of {', '.join(FEATURE_SCORES)}")
+            raise ValueError(f"score function {score_function}: the feature scores ({', '.join(FEATURE_SCORES)}) need "
+                             "the model split at its head (model = body, head = ...), and only they take a head")
         if (score_function == "fused") != (fusion is not None):
             raise ValueError("score function fused needs fusion = (m1, s1, m2, s2), and only fused takes it")
         if fusion is not None:

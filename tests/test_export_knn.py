@@ -88,7 +88,7 @@ def test_knn_needs_a_bank_and_a_k_that_fits_it() -> None:
         OsrGraph(body, MEAN, STD, 3, 0.0, [0.0], "knn", head=head)
     with pytest.raises(ValueError, match="--knn-k 4 is larger than the feature bank"):
         OsrGraph(body, MEAN, STD, 3, 0.0, [0.0], "knn", head=head, feature_bank=np.eye(3, dtype=np.float16), knn_k=4)
-    with pytest.raises(ValueError, match="only knn takes a head"):
+    with pytest.raises(ValueError, match="only they take a head"):
         OsrGraph(body, MEAN, STD, 3, 0.0, [0.0], "max_logit", head=head)
 
 
