@@ -144,3 +144,44 @@ def test_int8_from_repository_refuses_other_calibration_images(tmp_path, tiny_ex
         with pytest.raises(ValueError, match="not those tiny version 1 was calibrated on"):
             int8_from_repository(tmp_path, "tiny", data=_data(inputs, calib_x=other))
     assert not (tmp_path / "tiny-int8").exists()
+
+
+def _resize_graph(mul_shape: tuple[int, ...]) -> onnx.ModelProto:
+    """x [1,3,4,4] -> bilinear Resize to 8 x 8 -> Mul(c) -> Add(d) -> y (the input adapter's shape)."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    inits = [numpy_helper.from_array(np.array([1, 3, 8, 8], np.int64), "sizes"),
+             numpy_helper.from_array(rng.normal(size=mul_shape).astype(np.float32), "scale"),
+             numpy_helper.from_array(rng.normal(size=(1, 3, 1, 1)).astype(np.float32), "shift")]
+    nodes = [helper.make_node("Resize", ["x", "", "", "sizes"], ["up"], name="resize", mode="linear",
+                              coordinate_transformation_mode="half_pixel"),
+             helper.make_node("Mul", ["up", "scale"], ["scaled"], name="mul"),
+             helper.make_node("Add", ["scaled", "shift"], ["y"], name="add")]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 4, 4])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 3, 8, 8])], inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+
+
+def test_the_input_adapter_moves_before_the_upsampling_and_computes_the_same() -> None:
+    import onnxruntime as ort
+
+    from osr.export.int8 import affine_before_resize
+
+    model = _resize_graph((1, 3, 1, 1))
+    x = np.random.default_rng(1).normal(size=(1, 3, 4, 4)).astype(np.float32)
+    before = ort.InferenceSession(model.SerializeToString()).run(["y"], {"x": x})[0]
+    assert affine_before_resize(model) == ["mul", "add"]
+    onnx.checker.check_model(model, full_check=True)
+    assert [n.op_type for n in model.graph.node] == ["Mul", "Add", "Resize"]
+    assert model.graph.node[0].input[0] == "x" and model.graph.node[2].output[0] == "y"
+    after = ort.InferenceSession(model.SerializeToString()).run(["y"], {"x": x})[0]
+    np.testing.assert_allclose(after, before, rtol=1e-5, atol=1e-5)
+
+
+def test_a_scale_that_varies_over_space_is_not_moved() -> None:
+    from osr.export.int8 import affine_before_resize
+
+    model = _resize_graph((1, 3, 8, 8))
+    assert affine_before_resize(model) == []
+    assert [n.op_type for n in model.graph.node] == ["Resize", "Mul", "Add"]
