@@ -49,7 +49,7 @@ from osr.export.graph import onnx_session, run_onnx
 from osr.export.manifest import INPUT_NAME, INT8_SUFFIX, write_manifest
 from osr.export.repository import version_writer
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("osr.export.int8")  # also when run as python -m osr.export.int8
 
 if TYPE_CHECKING:
     import onnx
