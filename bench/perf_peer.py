@@ -6,8 +6,9 @@ model and its int8 variant.
 
 Each round is one quiet window (the background training paused with SIGSTOP, resumed after;
 perf_common.quiet_machine). In it, for each model (order alternating between rounds):
-osr-serve (--workers 2, every other setting at its default) and the peer (uvicorn --workers 2)
-are started in turn and loaded with wrk (bench/wrk_classify.lua, one prebuilt multipart body:
+osr-serve (--workers 2, every other setting at its default) and the peer (uvicorn --workers 1
+and 2; the peer's ratio uses its better one at each connection count) are started in turn and
+loaded with wrk (bench/wrk_classify.lua, one prebuilt multipart body:
 one real CIFAR-10 test JPEG per request, 1 s warm-up, then --duration s) at each connection
 count; then, in this process, a bare single-image loop (decode + resize + run, onnxruntime's
 default threads) and a bare batched loop (32 decoded images per run). wrk shares the 2 cores
@@ -134,18 +135,25 @@ def start_peer(model: str, workers: int, repository: Path = REPOSITORY) -> tuple
     return Server(cmd, f"http://127.0.0.1:{port}/docs", env=env), f"http://127.0.0.1:{port}/classify"
 
 
-def check_answer(kind: str, url: str, body: bytes, boundary: str) -> str:
-    """One request before the load: the service answers 200 with a decision; the label it gave."""
-    r = httpx.post(url, content=body, headers={"Content-Type": f"multipart/form-data; boundary={boundary}"},
-                   timeout=30)
-    if r.status_code != 200:
-        raise RuntimeError(f"{kind}: {r.status_code} {r.text[:300]}")
+def check_answer(kind: str, url: str, body: bytes, boundary: str, in_a_row: int = 20, wait_s: float = 90) -> str:
+    """Requests before the load until ``in_a_row`` answers in a row are 200 with a decision (every
+    worker has loaded its model: one ready worker makes /readyz 200); the label given."""
+    deadline, good, r = time.monotonic() + wait_s, 0, None
+    while good < in_a_row:
+        r = httpx.post(url, content=body, headers={"Content-Type": f"multipart/form-data; boundary={boundary}"},
+                       timeout=30)
+        good = good + 1 if r.status_code == 200 else 0
+        if good == 0:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{kind}: {r.status_code} {r.text[:300]}")
+            time.sleep(0.2)
     data = r.json()
     return data["results"][0]["class_name"] if kind == "osr" else data["label"]
 
 
 def load_service(kind: str, model: str, image: bytes, connections: list[int], seconds: float,
                  workers: int, extra: list[str] = ()) -> dict:
+    """kind: "osr" or "peer"."""
     """Start one service, load it at each connection count (1 s warm-up first), read its memory, stop it."""
     server, url = start_osr(model, workers, list(extra)) if kind == "osr" else start_peer(model, workers)
     try:
@@ -196,7 +204,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
     ap.add_argument("--connections", type=int, nargs="+", default=[1, 8, 32])
-    ap.add_argument("--workers", type=int, default=2, help="uvicorn workers of both services")
+    ap.add_argument("--workers", type=int, default=2, help="uvicorn workers of osr-serve")
+    ap.add_argument("--peer-workers", type=int, nargs="+", default=[1, 2], help="uvicorn workers of the peer")
     ap.add_argument("--duration", type=float, default=5, help="seconds of wrk load per connection count")
     ap.add_argument("--bare-seconds", type=float, default=4)
     ap.add_argument("--rounds", type=int, default=2, help="quiet windows, one per round")
@@ -216,8 +225,15 @@ def main() -> None:
         with quiet_machine(not a.no_pause) as window:
             for kind in order:
                 model = MODELS[kind]
-                services = ("osr", "peer") if r % 2 == 0 else ("peer", "osr")
-                entry = {s: load_service(s, model, image, a.connections, a.duration, a.workers) for s in services}
+                services = [("osr", a.workers)] + [("peer", w) for w in a.peer_workers]
+                entry = {}
+                for service, workers in (services if r % 2 == 0 else services[::-1]):
+                    key = "osr" if service == "osr" else f"peer_w{workers}"
+                    entry[key] = load_service(service, model, image, a.connections, a.duration, workers)
+                entry["peer"] = {"loads": {}}  # the better peer at each connection count
+                for c in a.connections:
+                    best = max(a.peer_workers, key=lambda w: entry[f"peer_w{w}"]["loads"][f"c{c}"]["requests_per_s"])
+                    entry["peer"]["loads"][f"c{c}"] = {**entry[f"peer_w{best}"]["loads"][f"c{c}"], "workers": best}
                 entry.update(bare_loops(model, jpegs, a.bare_seconds))
                 result["models"][kind] = entry
         result["window"] = window
@@ -245,7 +261,8 @@ def main() -> None:
                         res["models"]["fp32"][s]["loads"][f"c{c}"]["requests_per_s"])
             for b in ("bare_single", "bare_batched"):
                 add(f"int8_over_fp32/{b}", res["models"]["int8"][b], res["models"]["fp32"][b])
-    save("peer", {"connections": a.connections, "workers": a.workers, "duration_s": a.duration,
+    save("peer", {"connections": a.connections, "workers": a.workers, "peer_workers": a.peer_workers,
+                  "duration_s": a.duration,
                   "image": "one CIFAR-10 test JPEG (32 x 32, from the shared JPEG pack)",
                   "rounds": rounds, "ratios": {k: {"per_round": v, **summary(v)} for k, v in ratios.items()}}, a.out)
     for k, v in ratios.items():
