@@ -106,6 +106,7 @@ def quiet_machine(enabled: bool = True, mine: tuple[str, ...] = ("osr.serve", "p
         resume()
         raise SystemExit(128 + signum)
 
+    steal_before = steal_seconds()
     previous = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)}
     record["paused_with_sigstop"] = [{"pid": p, "cmd": ticks.get(p, (0, ""))[1]} for p in pids]
     t0 = time.monotonic()
@@ -120,6 +121,14 @@ def quiet_machine(enabled: bool = True, mine: tuple[str, ...] = ("osr.serve", "p
             signal.signal(s, handler)
         record["seconds"] = round(time.monotonic() - t0, 1)
         record["other_cpu_use"] = other_cpu_use(ticks, record["seconds"], mine)
+        # CPU time the hypervisor gave to other guests while this VM wanted it (all CPUs together)
+        record["steal_cpu_s"] = round(steal_seconds() - steal_before, 1)
+
+
+def steal_seconds() -> float:
+    """Steal time of all CPUs so far (/proc/stat), in seconds."""
+    fields = Path("/proc/stat").read_text().splitlines()[0].split()
+    return int(fields[8]) / os.sysconf("SC_CLK_TCK") if len(fields) > 8 else 0.0
 
 
 def wait_until_idle(max_wait_s: float = 120.0, patterns: tuple[str, ...] = ("pytest",)) -> float:
